@@ -1,0 +1,156 @@
+"""The example input: given, or inferred from the model; and how to call the model with it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Positional and keyword arguments for one forward call, with the image tensor located.
+
+    ``image_slot`` is the position (int) or keyword (str) of the ``[B, C, H, W]`` image;
+    ``with_image`` swaps it for another tensor, which is how every pass makes the input
+    require grad without touching the caller's tensor.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    image_slot: int | str = 0
+
+    @property
+    def image(self) -> torch.Tensor:
+        if isinstance(self.image_slot, int):
+            return self.args[self.image_slot]
+        return self.kwargs[self.image_slot]
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    @property
+    def batch(self) -> int:
+        return int(self.image.shape[0])
+
+    def with_image(self, image: torch.Tensor) -> ModelInput:
+        if isinstance(self.image_slot, int):
+            args = list(self.args)
+            args[self.image_slot] = image
+            return ModelInput(tuple(args), dict(self.kwargs), self.image_slot)
+        kwargs = dict(self.kwargs)
+        kwargs[self.image_slot] = image
+        return ModelInput(self.args, kwargs, self.image_slot)
+
+    def call(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 4 and value.is_floating_point()
+
+
+def _config_input_size(config: Any) -> tuple[int, int, int] | None:
+    """(C, H, W) from a transformers config, looking into a vision sub-config if needed."""
+    for candidate in (config, getattr(config, "vision_config", None)):
+        if candidate is None:
+            continue
+        size = getattr(candidate, "image_size", None)
+        if size is None:
+            continue
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        channels = getattr(candidate, "num_channels", 3)
+        return int(channels), int(h), int(w)
+    return None
+
+
+def infer_input_shape(model: nn.Module) -> tuple[int, int, int, int] | None:
+    """(1, C, H, W) from the model's own description of its input, or None."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        size = _config_input_size(config)
+        if size is not None:
+            return (1, *size)
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(pretrained_cfg, Mapping) and pretrained_cfg.get("input_size"):
+        c, h, w = pretrained_cfg["input_size"]
+        return (1, int(c), int(h), int(w))
+    if type(model).__module__.startswith("torchvision.models"):
+        image_size = getattr(model, "image_size", 224)  # torchvision ViT records its size
+        return (1, 3, int(image_size), int(image_size))
+    return None
+
+
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def resolve_input(
+    model: nn.Module,
+    example_input: Any = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> ModelInput:
+    """Turn what the user gave (or nothing) into a ModelInput, or raise InputError."""
+    if example_input is not None and input_shape is not None:
+        raise InputError(
+            "Both example_input and input_shape were given; pass one of them: the example input "
+            "is used as it is, input_shape only builds a random input of that shape."
+        )
+    if example_input is None:
+        shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
+        if shape is None:
+            raise InputError(
+                f"hookdoctor cannot tell what input {type(model).__name__} expects: it has no "
+                "transformers config with image_size, no timm pretrained_cfg and is not a torchvision "
+                "model. Pass example_input=torch.randn(1, 3, H, W) (or input_shape=(1, 3, H, W); "
+                "--input-shape 1,3,H,W on the command line)."
+            )
+        if len(shape) != 4 or any(int(s) <= 0 for s in shape):
+            raise InputError(
+                f"input_shape must be four positive sizes (B, C, H, W), got {shape!r}; for example "
+                "(1, 3, 224, 224)."
+            )
+        device, dtype = _device_and_dtype(model)
+        generator = torch.Generator().manual_seed(0)
+        image = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32)
+        return ModelInput((image.to(device=device, dtype=dtype),), {}, 0)
+    if isinstance(example_input, torch.Tensor):
+        if not _is_image(example_input):
+            raise InputError(
+                f"example_input has shape {tuple(example_input.shape)} and dtype {example_input.dtype}; "
+                "hookdoctor explains image models and needs a floating-point [B, C, H, W] tensor "
+                "(add the batch dimension with x.unsqueeze(0))."
+            )
+        return ModelInput((example_input,), {}, 0)
+    if isinstance(example_input, Mapping):
+        kwargs = dict(example_input)
+        keys = ["pixel_values"] + [k for k in kwargs if k != "pixel_values"]
+        for key in keys:
+            if _is_image(kwargs.get(key)):
+                return ModelInput((), kwargs, key)
+        raise InputError(
+            "example_input is a dict without a floating-point [B, C, H, W] tensor; put the image "
+            "under 'pixel_values' (or any key) as a 4-D tensor."
+        )
+    if isinstance(example_input, (tuple, list)):
+        args = tuple(example_input)
+        for i, value in enumerate(args):
+            if _is_image(value):
+                return ModelInput(args, {}, i)
+        raise InputError(
+            "example_input is a tuple without a floating-point [B, C, H, W] tensor; hookdoctor needs "
+            "one image tensor among the positional arguments."
+        )
+    raise InputError(
+        f"example_input must be a Tensor, a tuple of Tensors or a dict of Tensors, not "
+        f"{type(example_input).__name__}."
+    )

@@ -1,0 +1,46 @@
+"""See through the wrappers users hand in: DataParallel, DDP and torch.compile."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hookdoctor.errors import InputError
+
+
+def is_torchscript(model: object) -> bool:
+    import torch.jit
+
+    return isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction))
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, str, list[str]]:
+    """(inner module, name prefix, wrapper class names) for a possibly wrapped model.
+
+    The prefix is what ``model.named_modules()`` puts in front of the inner module's names
+    (``"module."``, ``"_orig_mod."``), so names hookdoctor reports are valid on the model
+    the user passed.
+    """
+    if is_torchscript(model):
+        raise InputError(
+            f"{type(model).__name__} is a TorchScript module: its forward runs as a compiled graph, "
+            "so Python hooks never fire and neither Grad-CAM nor attention capture can work on it. "
+            "Inspect the eager nn.Module it was scripted or traced from."
+        )
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"hookdoctor.inspect takes a torch.nn.Module, not {type(model).__name__}; pass the model object."
+        )
+    prefix = ""
+    wrappers: list[str] = []
+    inner = model
+    while True:
+        wrapped = None
+        if type(inner).__name__ == "OptimizedModule" and isinstance(getattr(inner, "_orig_mod", None), nn.Module):
+            wrapped, attr = inner._orig_mod, "_orig_mod"
+        elif isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            wrapped, attr = inner.module, "module"
+        if wrapped is None:
+            return inner, prefix, wrappers
+        wrappers.append(type(inner).__name__)
+        prefix += attr + "."
+        inner = wrapped

@@ -1,0 +1,137 @@
+"""Codes for attention capture and rollout (HD5xx)."""
+
+from __future__ import annotations
+
+from hookdoctor.codes import Code
+
+_ATTN = "attention"
+
+CODES = (
+    Code(
+        "HD501", "fused-attention-hides-probabilities", _ATTN, "info",
+        "The attention runs through a fused kernel, so its probabilities are never materialised.",
+        """transformers 5.x defaults to `sdpa`, timm to `fused_attn=True`; both call
+`torch.nn.functional.scaled_dot_product_attention`, which returns only the attended
+values. `output_attentions=True` then gives an empty tuple (transformers 5) or `None`
+(4.x), hooks on `attn_drop` fire zero times, and rollout over an empty list is all zeros
+or NaN - often with no warning (SigLIP never warns, transformers warns once per process).
+
+The spec captures the probabilities without switching the implementation: it watches each
+`scaled_dot_product_attention` call and computes `softmax(q k^T * scale + mask)` beside it,
+so the model's outputs stay exactly what they were.""",
+        applies="spec",
+    ),
+    Code(
+        "HD502", "attention-weights-not-returned", _ATTN, "info",
+        "nn.MultiheadAttention is called with need_weights=False, so it returns no weights.",
+        """torchvision's `EncoderBlock` calls `self_attention(x, x, x, need_weights=False)`: the
+weights slot of the output is `None`. With `need_weights=True` the default
+`average_attn_weights=True` averages the heads into `[B, T, T]`.
+
+The spec's capture forces `need_weights=True, average_attn_weights=False` for the duration
+of the call only, and reads `[B, heads, T, T]`.""",
+        applies="spec",
+    ),
+    Code(
+        "HD503", "attention-setting-misleads", _ATTN, "warning",
+        "A setting looks as if it enabled attention output, but the module still runs fused.",
+        """`config.attn_implementation = "eager"` (no underscore) and `Config(output_attentions=True)`
+change nothing in transformers; `timm.layers.set_fused_attn(False)` after the model was
+built changes nothing either, because each module copied the flag at construction. The
+effective setting is the one each attention module uses at call time, which hookdoctor
+reads module by module.
+
+Nothing to do for the spec (it captures either way); to switch for your own code, set
+`model.set_attn_implementation("eager")` (transformers) or `m.fused_attn = False` on every
+timm attention module.""",
+    ),
+    Code(
+        "HD504", "no-class-token-query", _ATTN, "info",
+        "The head does not read a CLS token; rollout takes its query from the pooling instead.",
+        """Rollout reads the row of the token the classifier looks at. A ViT with global average
+pooling, BEiT's mean pooling or a SigLIP attention-pool head has no such token: row 0 is a
+patch, and the map explains that patch.
+
+The spec takes the query from what the head reads: the mean over patch rows for average
+pooling, the pooling attention for an attention-pool head.""",
+        applies="spec",
+    ),
+    Code(
+        "HD505", "prefix-tokens-in-attention", _ATTN, "info",
+        "The sequence has several non-patch tokens (CLS, distillation, registers).",
+        """Rollout code that slices `[0, 1:]` and reshapes to a square keeps the distillation
+token or the registers in the map, or fails to reshape.
+
+The spec removes the number of prefix tokens found in the model before reshaping to the
+(H, W) grid of the input.""",
+        applies="spec",
+    ),
+    Code(
+        "HD506", "window-attention", _ATTN, "error",
+        "The model attends within local windows (Swin); rollout over the whole image is meaningless.",
+        """Window attention mixes tokens only inside each window (and shifted windows), and the
+token count changes from stage to stage when patches are merged: there is no single
+T x T matrix per layer to multiply. transformers returns one tensor per stage, and the
+products people compute from them do not describe the image.
+
+Use Grad-CAM (hookdoctor recommends a layer) or a method meant for hierarchical models.""",
+    ),
+    Code(
+        "HD507", "channel-attention", _ATTN, "error",
+        "The model's softmax runs over channels, not over tokens; there is no token-to-token map.",
+        """XCiT's cross-covariance attention and DaViT's channel attention compute a softmax over
+a `[heads, d, d]` matrix of feature channels. Hooks named `attn.softmax` capture it, and
+rollout over it produces a matrix that has nothing to do with image positions.
+
+Use Grad-CAM, or rollout over the model's token-attention blocks only where it has them.""",
+    ),
+    Code(
+        "HD508", "no-attention", _ATTN, "error",
+        "The model computes no token-to-token attention; there is nothing to roll out.",
+        """CNNs, ConvNeXt and MLP-Mixer mix spatial positions with convolutions or MLPs. Attention
+rollout needs per-layer attention probabilities; a generic matcher either finds nothing
+(an empty list, and a rollout of zeros) or hooks unrelated modules.
+
+Use Grad-CAM: hookdoctor recommends a layer for this model.""",
+    ),
+    Code(
+        "HD509", "train-mode", _ATTN, "info",
+        "The model is in training mode: attention dropout would change the probabilities.",
+        """In `train()` mode attention dropout zeroes and rescales entries, so captured rows sum
+to anything between 0.7 and 1.1 and differ from call to call.
+
+The spec's capture runs the model in eval mode and restores the mode afterwards.""",
+        applies="spec",
+    ),
+    Code(
+        "HD510", "attention-off-gradient-path", _ATTN, "warning",
+        "The captured attention is not on the gradient path; gradient-weighted rollout cannot use it.",
+        """`nn.MultiheadAttention` returns a copy of its weights computed beside the value
+product, so `autograd.grad(score, weights)` fails with "appears to not have been used in
+the graph". Chefer-style or LeGrad methods need the attention that feeds `A @ V`.
+
+Plain rollout works. For gradient-weighted variants recompute `A @ V` from the captured
+queries and keys, as torchcam's LeGrad does.""",
+    ),
+    Code(
+        "HD511", "compiled-model", _ATTN, "info",
+        "The model is wrapped by torch.compile; hooks added after compilation would be ignored.",
+        """`torch.compile` ignores forward hooks registered after the first compiled call
+(pytorch/pytorch#117758): capture code that hooks the compiled wrapper gets zero maps.
+
+hookdoctor hooks and runs the original module (`_orig_mod`).""",
+        applies="spec",
+    ),
+    Code(
+        "HD512", "output-attentions-leaves-hooks", _ATTN, "info",
+        "transformers 5 installs recording hooks on the first output_attentions=True call, and they stay.",
+        """In transformers 5.x the first forward with `output_attentions=True` registers forward
+hooks on every attention module to record their outputs, and never removes them: a
+2-layer ViT goes from 0 to 4 hooks. Tools that ask for attentions this way leave the
+user's model changed.
+
+hookdoctor never takes that path: its capture places its own hooks inside a context and
+removes them, and the model's hook dictionaries are checked to be unchanged.""",
+        applies="spec",
+    ),
+)

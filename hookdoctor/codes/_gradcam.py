@@ -1,0 +1,225 @@
+"""Codes for the model's output and head (HD0xx), the hook site (HD1xx), gradient
+flow (HD2xx), layout (HD3xx) and layer naming (HD4xx): the Grad-CAM side."""
+
+from __future__ import annotations
+
+from hookdoctor.codes import Code
+
+_MODEL = "model output"
+_SITE = "hook site"
+_GRAD = "gradient flow"
+_LAYOUT = "layout"
+_NAMING = "naming"
+
+CODES = (
+    Code(
+        "HD001", "output-not-a-tensor", _MODEL, "info",
+        "The model returns a ModelOutput, tuple or dict, not a logits tensor.",
+        """pytorch-grad-cam takes the argmax of whatever the model returns and zips your targets
+with it; Captum reads `output.shape`. A Hugging Face `ImageClassifierOutput` fails with
+"'ImageClassifierOutput' object has no attribute 'cpu'", and with explicit targets the zip
+walks the output's keys ("'str' object has no attribute 'shape'"). A tuple `(aux, main)`
+with batch 1 silently explains the auxiliary head.
+
+Fix: give the attribution library a thin wrapper whose forward returns the logits tensor.
+The spec's `.model` is that wrapper (it returns `.logits`, or the named field / index), so
+`GradCAM(**spec.pytorch_grad_cam_kwargs())` and `spec.captum()` work unchanged.""",
+        applies="spec",
+    ),
+    Code(
+        "HD002", "several-heads", _MODEL, "warning",
+        "The model returns several score tensors; one of them was chosen.",
+        """A model that returns `(logits, aux_logits)` or a dict of heads gives the attribution
+libraries a choice they make silently: pytorch-grad-cam pairs target i with head i, so
+batch 1 explains the first head (often the auxiliary one) and batch 2 fails with "grad can
+be implicitly created only for scalar outputs".
+
+hookdoctor picks the `logits` field when there is one, otherwise the first 2-D tensor, and
+says which. If you meant another head, wrap the model yourself so that it returns that
+head, and inspect the wrapper.""",
+    ),
+    Code(
+        "HD003", "zero-initialised-head", _MODEL, "warning",
+        "The classifier head's weights are all zero, so every gradient is zero.",
+        """torchvision's `VisionTransformer(weights=None)` initialises `heads.head` to zeros; a
+freshly built model of this kind has a score that does not depend on the image at all,
+and every Grad-CAM map is exactly zero, whatever the layer. This is a property of the
+weights, not of the layer: a trained model has a non-zero head.
+
+hookdoctor judges the layers with a surrogate score (a fixed random projection of the
+head's input), which has the same structure as the real score. Load trained weights, or
+re-initialise the head, before reading any map from this model.""",
+    ),
+    Code(
+        "HD004", "saturated-output", _MODEL, "warning",
+        "The model ends in a softmax or sigmoid that is saturated, so gradients vanish.",
+        """When the model's own forward applies softmax or sigmoid, a confident prediction puts
+the probability at 1.0 in float32 and its gradient at about 1e-17. pytorch-grad-cam then
+divides by (max + 1e-7) and the map comes out black.
+
+Explain the logit, not the probability: the spec's `.model` returns the input of the
+final softmax/sigmoid, so its gradients are those of the pre-activation score.""",
+        applies="spec",
+    ),
+    Code(
+        "HD005", "gradients-disabled", _MODEL, "info",
+        "Gradients would not reach the layer: parameters are frozen or grad mode is off.",
+        """pytorch-grad-cam registers its gradient hook only when the layer's output requires
+grad, and skips it silently otherwise. A fully frozen model (or a call under
+`torch.no_grad()` / `inference_mode`) fails with "element 0 of tensors does not require
+grad"; a frozen backbone with a trainable head fails later with "'NoneType' object has no
+attribute 'shape'".
+
+The spec's `.model` runs with grad enabled and makes its input require grad, so every
+activation on the way to the score carries a gradient without unfreezing any parameter.""",
+        applies="spec",
+    ),
+    Code(
+        "HD101", "unknown-layer", _NAMING, "error",
+        "No module has exactly this name.",
+        """hookdoctor looks layers up by their exact dotted name, as `model.named_modules()` spells
+it. Substring or prefix matching (`'layer3' in name`, `startswith('blocks.1')`) selects
+several modules at once (`blocks.1`, `blocks.10`, `blocks.11`) and pytorch-grad-cam
+silently averages their maps.
+
+Library updates rename modules: transformers 5 moved `vit.encoder.layer.N` to
+`vit.layers.N`; a hard-coded recipe then hooks nothing. Use one of the suggested names, or
+let hookdoctor recommend a layer.""",
+    ),
+    Code(
+        "HD102", "never-called", _SITE, "error",
+        "The module exists but never ran during the forward pass.",
+        """A hook on a module that the forward pass does not call never fires: pytorch-grad-cam
+then fails with "'NoneType' object has no attribute 'shape'", Captum with "Forward hook
+did not obtain any outputs". This happens with heads used only in training, branches
+switched off by the configuration, and modules built but left unused.
+
+Choose a module that runs: the report lists every module with its call count.""",
+    ),
+    Code(
+        "HD103", "called-several-times", _SITE, "error",
+        "The module runs more than once per forward pass, so its hooks fire on every call.",
+        """torchvision's `BasicBlock` calls `self.relu` twice; shared encoders and siamese
+networks call the same module on several inputs. pytorch-grad-cam keeps the first call,
+Captum and torchcam the last, and the map of one call is stretched over the whole image.
+
+Hook a module that runs once, such as the block that contains the reused module, or a
+per-branch wrapper.""",
+    ),
+    Code(
+        "HD104", "tuple-output", _SITE, "error",
+        "The module returns a tuple, so hooks receive a tuple instead of a tensor.",
+        """Hugging Face `SwinLayer`, attention modules and many transformer blocks return
+`(hidden_states, attentions, ...)`. pytorch-grad-cam fails with "'tuple' object has no
+attribute 'cpu'"; a reshape that unpacks element 0 gets activations but the gradient
+hook is skipped silently; Captum raises "Given input is not a torch.Tensor".
+
+Hook the tensor-producing module inside it (for example its last norm) or a following
+layer whose output is a plain tensor.""",
+    ),
+    Code(
+        "HD105", "overwritten-in-place", _SITE, "error",
+        "A later in-place operation overwrites this module's output.",
+        """`out += identity` or a `ReLU(inplace=True)` after the layer rewrites the very tensor the
+hook stored. On CPU, pytorch-grad-cam's `.cpu().detach()` is an alias, so the activation
+it uses is the post-in-place one while the gradient belongs to the pre-in-place value: the
+map looks plausible and is wrong (correlation 0.78 on resnet18's `bn2`). torchcam aliases
+on every device.
+
+Hook a module whose output is not modified in place, typically the enclosing block.""",
+    ),
+    Code(
+        "HD201", "no-gradient-to-patches", _GRAD, "error",
+        "No gradient reaches the image tokens of this layer: the score reads only the prefix tokens after it.",
+        """In a ViT whose classifier reads only the CLS token, everything after the last attention
+step works on the CLS token alone: the gradient of the score with respect to every patch
+token of the last block's output (or of the final norm) is exactly zero, so Grad-CAM there
+is all zeros (IoU 0, Pearson NaN). This is not an architecture incompatibility.
+
+Hook a layer before the last token-mixing step: the last block's first norm (timm
+`blocks[-1].norm1`, Hugging Face `layers[-1].layernorm_before`, torchvision
+`encoder.layers[-1].ln_1`). A ViT that averages its patch tokens is fine at the block
+output.""",
+    ),
+    Code(
+        "HD202", "not-on-score-path", _GRAD, "error",
+        "The module runs, but the score does not depend on its output.",
+        """An auxiliary head, a branch whose result is discarded, or a tensor detached on the way
+to the logits: the hook fires but no gradient arrives. pytorch-grad-cam fails with
+"'NoneType' object has no attribute 'shape'", torchcam says "not connected".
+
+Hook a layer on the path from the input to the explained score.""",
+    ),
+    Code(
+        "HD301", "token-layout", _LAYOUT, "info",
+        "The layer's output is a token sequence [B, T, C], which needs a reshape to [B, C, H, W].",
+        """Grad-CAM needs channels in dim 1 and the image grid in dims 2 and 3. Given
+`[B, T, C]`, pytorch-grad-cam raises "Invalid grads shape", while torchcam and Captum
+silently treat tokens as channels and return a one-dimensional "map" over the embedding.
+
+The spec's `reshape_transform` drops the prefix tokens, reshapes the rest to the (H, W)
+grid and permutes to `[B, C, H, W]`; `spec.captum()` applies the same view for Captum.""",
+        applies="spec",
+    ),
+    Code(
+        "HD302", "prefix-tokens", _LAYOUT, "info",
+        "The sequence starts with several non-patch tokens (CLS, distillation, registers).",
+        """`vit_reshape_transform` and most tutorials drop exactly one token. DeiT-distilled has
+two prefix tokens (CLS and distillation); DINOv2 with registers has 1 + 4. A wrong count
+either fails to reshape or, when the counts happen to match a grid, scrambles the map
+silently.
+
+The spec drops the number of prefix tokens found in the model (`num_prefix_tokens`, its
+token parameters, the configuration) and confirmed by a locality probe.""",
+        applies="spec",
+    ),
+    Code(
+        "HD303", "non-square-grid", _LAYOUT, "info",
+        "The map's grid is not square; height comes first.",
+        """Reshape helpers that assume a square grid (`int(sqrt(T))`, a fixed 14 x 14) fail on a
+non-square input, or - worse - reshape a 4 x 8 grid as 8 x 4 without error (correlation
+0.48 with the correct map).
+
+The spec's grid is (H, W) from the input size and the layer's stride, height first.""",
+        applies="spec",
+    ),
+    Code(
+        "HD304", "channels-last", _LAYOUT, "info",
+        "The layer's output is channels-last [B, H, W, C].",
+        """timm Swin (since 0.9), torchvision Swin `features` and ConvNeXt block internals keep
+activations as `[B, H, W, C]`. Every attribution library takes any 4-D tensor as
+`[B, C, H, W]`: H becomes the channels and the map is drawn over (W, C), plausible and
+wrong (correlation 0.0 with the right map). The `channels_last` memory format alone is
+harmless.
+
+The spec's `reshape_transform` permutes the output to `[B, C, H, W]`.""",
+        applies="spec",
+    ),
+    Code(
+        "HD305", "no-spatial-extent", _LAYOUT, "error",
+        "The layer's output has no spatial grid (it comes after global pooling, or is a vector).",
+        """A `[B, C, 1, 1]` or `[B, C]` tensor has a single location: min-max normalisation turns
+the map into zeros (pytorch-grad-cam, torchcam) or one constant (Captum).
+
+Hook the last layer before the pooling.""",
+    ),
+    Code(
+        "HD306", "not-image-aligned", _LAYOUT, "error",
+        "The layer's output cannot be laid out as a grid over the input image.",
+        """Grad-CAM draws one value per spatial cell of the layer. A tensor whose dimensions do
+not follow the input's geometry - attention scores `[B, heads, T, T]`, windows of a Swin
+block, a resampled grid, a positional bias - gives a map that does not line up with the
+image.
+
+Hook a layer whose output is a grid (or a token sequence) that follows the image.""",
+    ),
+    Code(
+        "HD401", "several-target-layers", _NAMING, "warning",
+        "Several target layers were given; their maps would be paired with each other's tensors.",
+        """pytorch-grad-cam keeps activations and gradients in two plain lists and pairs them
+with `target_layers` by position. A layer called twice, or one whose gradient does not
+arrive, shifts the pairing and a layer's map is built from another layer's tensors.
+
+Use one spec per layer; hookdoctor judges each named layer on its own.""",
+    ),
+)

@@ -1,0 +1,47 @@
+"""The exceptions hookdoctor raises: one base class, small documented subclasses.
+
+Every message is one paragraph that names the problem and the fix; the command line
+prints it as it is and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hookdoctor.report import Report
+
+
+class HookdoctorError(Exception):
+    """Base class of every error hookdoctor raises on purpose."""
+
+
+class InputError(HookdoctorError, ValueError):
+    """The arguments are wrong: no usable example input, an unknown method, a bad target."""
+
+
+class ModelLoadError(HookdoctorError):
+    """A MODEL string or file could not be turned into an ``nn.Module``."""
+
+
+class ModelRunError(HookdoctorError):
+    """The model raised while hookdoctor ran it once forward and backward."""
+
+
+class MissingDependencyError(HookdoctorError, ImportError):
+    """An optional package is needed; the message holds the exact ``pip install`` line."""
+
+
+class UnknownCodeError(HookdoctorError, KeyError):
+    """``explain`` was given a code that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class HookCompatibilityError(HookdoctorError):
+    """Raised by ``preflight`` when a requested method has no working spec; carries the report."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,218 @@
+"""How a layer's output maps onto the input image: NCHW, NHWC or tokens.
+
+A grid is "image-aligned" when it is what a stride-s sampling of the input would give:
+(h, w) with h in {floor(H/s), ceil(H/s)} and w likewise, for one integer s. Token
+sequences ``[B, T, C]`` are ``prefix + h*w`` tokens; the prefix count comes from the
+model's own description (``num_prefix_tokens``, its learned token parameters) and the
+grid from what the probe saw (the patch embedding's output) or from the input and a
+stride. Candidates are ranked; the locality probe in ``locality.py`` confirms one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+LayoutKind = Literal["NCHW", "NHWC", "tokens"]
+MAX_PREFIX_TOKENS = 16
+
+# Learned tokens that a ViT concatenates in front of the patch tokens.
+_PREFIX_PARAM = re.compile(
+    r"(^|[._])(cls|class|dist|distill|distillation|reg|register|registers)_?(token|tokens|embedding)s?$"
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the channels and the (H, W) grid are in a layer's output."""
+
+    kind: LayoutKind
+    grid: tuple[int, int]
+    channels: int
+    prefix_tokens: int = 0
+
+    def transform(self) -> ReshapeTransform | None:
+        """The reshape to ``[B, C, H, W]``, or None when the output already is."""
+        if self.kind == "NCHW":
+            return None
+        return ReshapeTransform(self.kind, self.grid, self.prefix_tokens)
+
+    def describe(self) -> str:
+        h, w = self.grid
+        if self.kind == "tokens":
+            return f"tokens [B, {self.prefix_tokens}+{h}x{w}, {self.channels}]"
+        if self.kind == "NHWC":
+            return f"channels-last [B, {h}, {w}, {self.channels}]"
+        return f"NCHW [B, {self.channels}, {h}, {w}]"
+
+
+class ReshapeTransform:
+    """Map a layer's output to ``[B, C, H, W]``: drop prefix tokens, unflatten, permute.
+
+    A plain class rather than a lambda so that specs pickle (DataLoader workers, Ray) and
+    print as code.
+    """
+
+    def __init__(self, kind: LayoutKind, grid: tuple[int, int], prefix_tokens: int = 0) -> None:
+        if kind not in ("NHWC", "tokens"):
+            raise ValueError(f"ReshapeTransform handles 'NHWC' and 'tokens' layouts, not {kind!r}")
+        self.kind = kind
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.prefix_tokens = int(prefix_tokens)
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.kind == "NHWC":
+            return tensor.permute(0, 3, 1, 2)
+        h, w = self.grid
+        patches = tensor[:, self.prefix_tokens :, :]
+        return patches.reshape(patches.shape[0], h, w, patches.shape[-1]).permute(0, 3, 1, 2)
+
+    def inverse(self, grid_view: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """Put a ``[B, C, H, W]`` view back into the layer's own layout (prefix from ``original``)."""
+        if self.kind == "NHWC":
+            return grid_view.permute(0, 2, 3, 1)
+        patches = grid_view.permute(0, 2, 3, 1).reshape(grid_view.shape[0], -1, grid_view.shape[1])
+        return torch.cat([original[:, : self.prefix_tokens, :], patches], dim=1)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReshapeTransform) and (self.kind, self.grid, self.prefix_tokens) == (
+            other.kind,
+            other.grid,
+            other.prefix_tokens,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.grid, self.prefix_tokens))
+
+    def __repr__(self) -> str:
+        if self.kind == "NHWC":
+            return f"ReshapeTransform('NHWC', grid={self.grid})"
+        return f"ReshapeTransform('tokens', grid={self.grid}, prefix_tokens={self.prefix_tokens})"
+
+
+def aligned_grid(h: int, w: int, image_hw: tuple[int, int]) -> bool:
+    """True when (h, w) is a stride-s sampling of the image, for one integer stride s >= 1."""
+    big_h, big_w = image_hw
+    if h < 1 or w < 1 or h > big_h or w > big_w:
+        return False
+    around = {max(1, math.floor(big_h / h)) + d for d in (-1, 0, 1)} | {max(1, math.ceil(big_h / h)) + d for d in (-1, 0, 1)}
+    for s in sorted(s for s in around if s >= 1):
+        if h in (big_h // s, -(-big_h // s)) and w in (big_w // s, -(-big_w // s)):
+            return True
+    return False
+
+
+def prefix_token_hint(model: nn.Module) -> int | None:
+    """How many non-patch tokens the model puts in front, from its own fields, or None."""
+    declared = getattr(model, "num_prefix_tokens", None)
+    if isinstance(declared, int):
+        return declared
+    count = 0
+    found = False
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen or not _PREFIX_PARAM.search(name):
+            continue
+        seen.add(id(param))
+        found = True
+        # [D] (CLIP's class_embedding), [1, n, D] (cls/dist/register tokens)
+        count += 1 if param.dim() == 1 else int(param.shape[-2])
+    if found:
+        return count
+    config = getattr(model, "config", None)
+    registers = getattr(config, "num_register_tokens", None)
+    if isinstance(registers, int):
+        return 1 + registers
+    return None
+
+
+def _stride_grids(image_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    big_h, big_w = image_hw
+    grids: list[tuple[int, int]] = []
+    powers = [2**k for k in range(0, 7)]
+    others = [s for s in range(1, 65) if s not in powers]
+    for s in powers + others:
+        for grid in ((big_h // s, big_w // s), (-(-big_h // s), -(-big_w // s))):
+            if grid[0] >= 1 and grid[1] >= 1 and grid not in grids:
+                grids.append(grid)
+    return grids
+
+
+def token_candidates(
+    num_tokens: int,
+    image_hw: tuple[int, int],
+    observed_grids: Iterable[tuple[int, int]] = (),
+    prefix_hint: int | None = None,
+) -> list[tuple[int, tuple[int, int]]]:
+    """Ranked (prefix_tokens, grid) readings of a sequence of ``num_tokens`` tokens.
+
+    Grids the probe saw (the patch embedding's NCHW output) come first, then stride
+    grids; within each, the prefix the model declares, then smaller prefixes.
+    """
+    ranked: list[tuple[tuple[int, int, int], int, tuple[int, int]]] = []
+    seen: set[tuple[int, tuple[int, int]]] = set()
+    observed = [g for g in observed_grids if aligned_grid(*g, image_hw)]
+    for source, grids in ((0, observed), (1, _stride_grids(image_hw))):
+        for grid in grids:
+            prefix = num_tokens - grid[0] * grid[1]
+            if not 0 <= prefix <= MAX_PREFIX_TOKENS or (prefix, grid) in seen:
+                continue
+            seen.add((prefix, grid))
+            ranked.append(((0 if prefix == prefix_hint else 1, source, prefix), prefix, grid))
+    ranked.sort(key=lambda item: item[0])
+    return [(prefix, grid) for _, prefix, grid in ranked]
+
+
+def _channels_last_hint(module: nn.Module | None, last_dim: int) -> bool:
+    """A LayerNorm (or a module ending in one) over the last dim says channels are last."""
+    if module is None:
+        return False
+    norm = module if isinstance(module, nn.LayerNorm) else None
+    if norm is None:
+        children = list(module.children())
+        norm = children[-1] if children and isinstance(children[-1], nn.LayerNorm) else None
+    return norm is not None and tuple(norm.normalized_shape) == (last_dim,)
+
+
+def infer_layouts(
+    shape: Sequence[int],
+    image_hw: tuple[int, int],
+    batch: int,
+    *,
+    module: nn.Module | None = None,
+    observed_grids: Iterable[tuple[int, int]] = (),
+    prefix_hint: int | None = None,
+) -> list[Layout]:
+    """Every plausible layout of a tensor of ``shape``, most likely first; [] if none fits."""
+    shape = tuple(int(s) for s in shape)
+    if not shape or shape[0] != batch:
+        return []
+    if len(shape) == 4:
+        _, a, b, c = shape
+        nchw = Layout("NCHW", (b, c), a) if aligned_grid(b, c, image_hw) else None
+        nhwc = Layout("NHWC", (a, b), c) if aligned_grid(a, b, image_hw) else None
+        if nchw and nhwc:
+            return [nhwc, nchw] if _channels_last_hint(module, c) else [nchw, nhwc]
+        return [layout for layout in (nchw, nhwc) if layout]
+    if len(shape) == 3:
+        _, tokens, channels = shape
+        return [
+            Layout("tokens", grid, channels, prefix)
+            for prefix, grid in token_candidates(tokens, image_hw, observed_grids, prefix_hint)
+        ]
+    return []
+
+
+def spatial_extent(shape: Sequence[int]) -> int:
+    """Number of positions a tensor could spread a map over (1 for [B, C], [B, C, 1, 1])."""
+    if len(shape) == 4:
+        return min(int(shape[1]) * int(shape[2]), int(shape[2]) * int(shape[3]))
+    if len(shape) == 3:
+        return int(shape[1])
+    return 1
