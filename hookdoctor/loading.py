@@ -1,0 +1,459 @@
+"""Turn a MODEL string from the command line into an ``nn.Module``, safely.
+
+MODEL forms (see API.md): ``torchvision:NAME``, ``timm:NAME``, ``hf:ID``, a local folder
+holding an HF ``config.json``, ``path/to/file.py:FACTORY``, ``package.module:FACTORY`` and
+a ``.pt``/``.pth`` file.
+
+Model libraries are imported only when the MODEL string asks for them, because imports
+dominate the command line's run time (torch with timm, torchvision and transformers is
+several seconds). Every failure is a ``ModelLoadError`` or ``MissingDependencyError``
+whose message is one paragraph naming the problem and the fix.
+
+Structure is what hookdoctor judges, so models are built with random weights unless
+``pretrained`` is asked for, and those random weights are seeded: the same MODEL gives
+the same report on every run. Nothing is downloaded unless ``allow_download`` is set.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor.errors import MissingDependencyError, ModelLoadError
+
+# Weights are random unless --pretrained; a fixed seed makes reports reproducible.
+RANDOM_WEIGHTS_SEED = 0
+_TORCH_FILE_SUFFIXES = (".pt", ".pth")
+# A factory module may state the input its model expects, e.g. INPUT_SHAPE = (1, 3, 64, 64).
+INPUT_SHAPE_ATTRIBUTE = "INPUT_SHAPE"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the user allowed: trained weights, network access, unpickling, remote code."""
+
+    pretrained: bool = False
+    allow_download: bool = False
+    trust_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A built model, where it came from, and the input shape its source states (if any)."""
+
+    model: nn.Module
+    source: str
+    kind: str
+    input_shape: tuple[int, ...] | None = None
+
+
+def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
+    """Build the model a MODEL string names; raise ModelLoadError / MissingDependencyError if it cannot."""
+    options = options or LoadOptions()
+    spec = spec.strip()
+    if not spec:
+        raise ModelLoadError("MODEL is empty. " + _FORMS_HINT)
+    prefix, _, rest = spec.partition(":")
+    if prefix == "torchvision" and rest:
+        return _load_torchvision(rest, options)
+    if prefix == "timm" and rest:
+        return _load_timm(rest, options)
+    if prefix == "hf" and rest:
+        return _load_hf(rest, options, source=spec)
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_hf_folder(path, options)
+    if path.suffix in _TORCH_FILE_SUFFIXES:
+        return _load_torch_file(path, options)
+
+    location, sep, factory = spec.rpartition(":")
+    if sep and location.endswith(".py"):
+        return _load_factory_file(Path(location).expanduser(), factory, spec)
+    if sep and location and factory and _looks_like_module_path(location):
+        return _load_factory_module(location, factory, spec)
+    if path.exists():
+        raise ModelLoadError(
+            f"MODEL {spec!r} is a file hookdoctor cannot load: it is neither a .pt/.pth file nor a "
+            f"Python file with a factory. {_FORMS_HINT}"
+        )
+    raise ModelLoadError(f"MODEL {spec!r} does not exist as a file or folder and names no known source. "
+                         f"{_did_you_mean_source(spec)}{_FORMS_HINT}")
+
+
+_FORMS_HINT = (
+    "MODEL is one of torchvision:NAME, timm:NAME, hf:ID, a folder with an HF config.json, "
+    "path/to/file.py:FACTORY, package.module:FACTORY or a .pt file."
+)
+
+
+def _did_you_mean_source(spec: str) -> str:
+    if ":" in spec or "/" in spec or "." in spec:
+        return ""
+    return f"If it is a model name, say which library builds it: torchvision:{spec} or timm:{spec}. "
+
+
+def _looks_like_module_path(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+@contextmanager
+def _seeded() -> Iterator[None]:
+    """Seed the random weights without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield
+
+
+def _import_optional(module: str, extra: str) -> Any:
+    """Import an optional model library, or say exactly how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is not installed, and MODEL asks for a {module} model. Install it with "
+            f"`pip install 'hookdoctor[{extra}]'` (or `pip install {module}`), then rerun."
+        ) from exc
+
+
+def _close(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def _check_module(value: Any, source: str) -> nn.Module:
+    from hookdoctor._unwrap import is_torchscript
+
+    if is_torchscript(value):
+        raise ModelLoadError(_torchscript_message(source))
+    if not isinstance(value, nn.Module):
+        raise ModelLoadError(
+            f"{source} gave a {type(value).__name__}, not a torch.nn.Module; hookdoctor needs the model "
+            "object itself (return the nn.Module from the factory)."
+        )
+    return value
+
+
+def _torchscript_message(source: str) -> str:
+    return (
+        f"{source} is a TorchScript module: its forward runs as a compiled graph, so Python hooks never "
+        "fire and neither Grad-CAM nor attention capture can work on it. Point hookdoctor at the eager "
+        "nn.Module it was scripted or traced from (a file.py:FACTORY that builds it, or torchvision:/timm:/hf:)."
+    )
+
+
+# --- torchvision ------------------------------------------------------------------------------
+
+
+def _load_torchvision(name: str, options: LoadOptions) -> LoadedModel:
+    tv_models = _import_optional("torchvision.models", "torchvision")
+    available = tv_models.list_models()
+    if name not in available:
+        raise ModelLoadError(
+            f"torchvision has no model named {name!r}.{_close(name, available)} "
+            "`python -c \"import torchvision; print(torchvision.models.list_models())\"` lists them."
+        )
+    weights = None
+    if options.pretrained:
+        weights = tv_models.get_model_weights(name).DEFAULT
+        _require_cached_torchvision_weights(weights, name, options)
+    with _seeded():
+        model = tv_models.get_model(name, weights=weights)
+    return LoadedModel(model.eval(), f"torchvision:{name}", "torchvision")
+
+
+def _require_cached_torchvision_weights(weights: Any, name: str, options: LoadOptions) -> None:
+    if options.allow_download:
+        return
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not cached.exists():
+        raise ModelLoadError(
+            f"The pretrained weights of torchvision:{name} are not in the local cache ({cached}) and "
+            "hookdoctor downloads nothing unless asked. Add --allow-download to fetch them, or drop "
+            "--pretrained: structure checks work on random weights."
+        )
+
+
+# --- timm -------------------------------------------------------------------------------------
+
+
+def _load_timm(name: str, options: LoadOptions) -> LoadedModel:
+    timm = _import_optional("timm", "timm")
+    if not timm.is_model(name):
+        raise ModelLoadError(
+            f"timm has no model named {name!r}.{_close(name, timm.list_models())} "
+            "`python -c \"import timm; print(timm.list_models('*vit*'))\"` lists them by pattern."
+        )
+    try:
+        with _seeded(), _hub_offline(not options.allow_download):
+            model = timm.create_model(name, pretrained=options.pretrained)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not options.pretrained:
+            raise
+        raise ModelLoadError(
+            f"The pretrained weights of timm:{name} could not be loaded ({_first_line(exc)}). They are "
+            "fetched only with --allow-download; or drop --pretrained: structure checks work on random weights."
+        ) from exc
+    return LoadedModel(model.eval(), f"timm:{name}", "timm")
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Keep huggingface_hub from reaching the network unless the user allowed it.
+
+    huggingface_hub reads HF_HUB_OFFLINE at import time; setting it here matters when this
+    process has not imported it yet (the command line), and is restored afterwards.
+    """
+    if not offline:
+        yield
+        return
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+# --- Hugging Face -----------------------------------------------------------------------------
+
+
+def _load_hf_folder(path: Path, options: LoadOptions) -> LoadedModel:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"The folder {path} has no config.json, so it is not a Hugging Face model folder. Point "
+            "MODEL at a folder written by save_pretrained (or a snapshot in the HF cache), or use "
+            "hf:ID, file.py:FACTORY or a .pt file."
+        )
+    return _load_hf(str(path), options, source=str(path))
+
+
+def _load_hf(model_id: str, options: LoadOptions, *, source: str) -> LoadedModel:
+    transformers = importlib.import_module("transformers")
+    local_only = not options.allow_download
+    common: dict[str, Any] = {"local_files_only": local_only, "trust_remote_code": options.trust_remote_code}
+    try:
+        with _hub_offline(local_only):
+            config = transformers.AutoConfig.from_pretrained(model_id, **common)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(_hf_config_problem(model_id, source, exc, options)) from exc
+
+    if getattr(config, "auto_map", None) and not options.trust_remote_code:
+        raise ModelLoadError(_remote_code_message(source))
+    last_error: Exception | None = None
+    for auto_class in _hf_auto_classes(transformers, config):
+        try:
+            with _seeded(), _hub_offline(local_only):
+                if options.pretrained:
+                    model = auto_class.from_pretrained(model_id, config=config, **common)
+                else:
+                    model = auto_class.from_config(config, trust_remote_code=options.trust_remote_code)
+        except ValueError as exc:  # this auto class has no mapping for the config: try the next
+            last_error = exc
+            continue
+        except OSError as exc:
+            raise ModelLoadError(
+                f"The weights of {source} are not available locally ({_first_line(exc)}). Add "
+                "--allow-download to fetch them, or drop --pretrained: structure checks work on random weights."
+            ) from exc
+        return LoadedModel(model.eval(), source, "hf")
+    raise ModelLoadError(
+        f"transformers cannot build a vision model from the config of {source} "
+        f"(model_type {getattr(config, 'model_type', '?')!r}: {_first_line(last_error)}). hookdoctor builds "
+        "AutoModelForImageClassification, else AutoModel; for other models write a file.py:FACTORY."
+    )
+
+
+def _hf_auto_classes(transformers: Any, config: Any) -> list[Any]:
+    """Image classification first (it has logits); the bare model for backbones and towers."""
+    return [transformers.AutoModelForImageClassification, transformers.AutoModel]
+
+
+def _hf_config_problem(model_id: str, source: str, exc: Exception, options: LoadOptions) -> str:
+    text = str(exc)
+    if "trust_remote_code" in text:
+        return _remote_code_message(source)
+    if Path(model_id).is_dir():
+        return (
+            f"The config.json in {source} could not be read by transformers ({_first_line(exc)}). Check "
+            "that it was written by save_pretrained and that transformers is recent enough for its model_type."
+        )
+    if not options.allow_download:
+        return (
+            f"{source} is not in the local Hugging Face cache, and hookdoctor downloads nothing unless "
+            "asked. Add --allow-download to fetch its config (a few kB; weights only with --pretrained), "
+            "or point MODEL at a folder holding its config.json."
+        )
+    return f"transformers could not load the config of {source}: {_first_line(exc)}. Check the model id."
+
+
+def _remote_code_message(source: str) -> str:
+    return (
+        f"{source} needs custom code from its repository (an auto_map in config.json), and running it "
+        "executes that code on this machine. If you trust the repository, add --trust-remote-code."
+    )
+
+
+# --- .pt / .pth files -------------------------------------------------------------------------
+
+
+def _load_torch_file(path: Path, options: LoadOptions) -> LoadedModel:
+    if not path.is_file():
+        raise ModelLoadError(_missing_file_message(path))
+    if _is_torchscript_archive(path):
+        raise ModelLoadError(_torchscript_message(str(path)))
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        if not _is_weights_only_refusal(exc):
+            raise ModelLoadError(
+                f"{path} could not be read by torch.load ({_torch_load_reason(exc)}). Check that it was "
+                "written by torch.save and is not truncated."
+            ) from exc
+        if not options.trust_pickle:
+            raise ModelLoadError(
+                f"{path} holds a pickled Python object (a whole nn.Module), not only tensors, and unpickling "
+                "it can run arbitrary code. If you trust the file, add --trust-pickle; otherwise save the "
+                "model's state_dict and build the model with a file.py:FACTORY that loads it."
+            ) from exc
+        value = torch.load(path, map_location="cpu", weights_only=False)
+    if _is_state_dict(value):
+        raise ModelLoadError(
+            f"{path} is a state_dict (a checkpoint of weights): it has no architecture to inspect. Write a "
+            "factory that builds the model and loads it, e.g. in model.py: `def build(): m = MyNet(); "
+            f"m.load_state_dict(torch.load({str(path)!r})); return m`, then run `hookdoctor inspect "
+            "model.py:build`."
+        )
+    return LoadedModel(_check_module(value, str(path)).eval(), str(path), "torch-file")
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript archives carry their compiled code next to the pickles."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())
+
+
+def _is_weights_only_refusal(exc: Exception) -> bool:
+    import pickle
+
+    # The safe unpickler names the class it refused; a corrupt file fails differently.
+    return isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
+
+
+def _torch_load_reason(exc: Exception) -> str:
+    """torch's own text advises weights_only=False, which is not the fix for a corrupt file."""
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            if reason:
+                return reason
+    text = _first_line(exc)
+    return "not a torch.save archive" if text.startswith("Weights only load failed") else text
+
+
+def _is_state_dict(value: Any) -> bool:
+    if not isinstance(value, Mapping) or not value:
+        return False
+    if all(isinstance(v, torch.Tensor) for v in value.values()):
+        return True
+    # Training checkpoints: {"model": state_dict, "optimizer": ..., "epoch": ...}
+    return any(isinstance(v, Mapping) and _is_state_dict(v) for v in value.values())
+
+
+# --- factories --------------------------------------------------------------------------------
+
+
+def _load_factory_file(path: Path, factory: str, source: str) -> LoadedModel:
+    if not path.is_file():
+        raise ModelLoadError(_missing_file_message(path))
+    module_name = f"_hookdoctor_factory_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path} cannot be imported as a Python file. Check that it is a .py source file.")
+    module = importlib.util.module_from_spec(spec)
+    # The file's own folder first on sys.path, so it can import its neighbours as `python file.py` would.
+    sys.path.insert(0, str(path.resolve().parent))
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(
+            f"Importing {path} raised {_describe(exc)}. Fix the file so that `python {path}` runs, then rerun."
+        ) from exc
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return _call_factory(module, factory, source)
+
+
+def _load_factory_module(module_path: str, factory: str, source: str) -> LoadedModel:
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_path.startswith(exc.name):
+            raise ModelLoadError(
+                f"No module named {module_path!r} can be imported (from {Path.cwd()}). Install the package, run "
+                "from the folder that holds it, or give the file instead: path/to/file.py:FACTORY."
+            ) from exc
+        raise ModelLoadError(f"Importing {module_path} raised {_describe(exc)}. Install what it needs.") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"Importing {module_path} raised {_describe(exc)}. Fix the module, then rerun.") from exc
+    return _call_factory(module, factory, source)
+
+
+def _call_factory(module: Any, factory: str, source: str) -> LoadedModel:
+    function = getattr(module, factory, None)
+    if not callable(function):
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise ModelLoadError(
+            f"{source}: the module has no function {factory!r}.{_close(factory, names)} A factory is a "
+            "function with no required arguments that returns the nn.Module."
+        )
+    try:
+        with _seeded():
+            value = function()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{source}: calling {factory}() raised {_describe(exc)}. Fix the factory so that it builds the "
+            "model with no arguments (rerun with --debug for the traceback)."
+        ) from exc
+    model = _check_module(value, f"{source}")
+    shape = getattr(function, "input_shape", None) or getattr(module, INPUT_SHAPE_ATTRIBUTE, None)
+    return LoadedModel(model.eval(), source, "factory", tuple(shape) if shape else None)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def _missing_file_message(path: Path) -> str:
+    where = "" if path.is_absolute() else f" (relative paths start at {Path.cwd()})"
+    return f"The file {path} does not exist. Check the path{where}."
+
+
+def _first_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no detail"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(exc)}"
