@@ -151,6 +151,16 @@ to the logits: the hook fires but no gradient arrives. pytorch-grad-cam fails wi
 Hook a layer on the path from the input to the explained score.""",
     ),
     Code(
+        "HD203", "no-working-layer", _GRAD, "error",
+        "No layer of this model gives a working Grad-CAM map on the example input.",
+        """hookdoctor tried every layer that runs once, returns a plain tensor laid out over the
+image and receives gradient from the score, and none gave a finite, non-constant map whose
+cells line up with the input. The other findings in the report say why each layer fails.
+
+Check the findings for the layers you expected to work; if the model's score does not
+depend on the image (a zero head, a constant output), fix that first.""",
+    ),
+    Code(
         "HD301", "token-layout", _LAYOUT, "info",
         "The layer's output is a token sequence [B, T, C], which needs a reshape to [B, C, H, W].",
         """Grad-CAM needs channels in dim 1 and the image grid in dims 2 and 3. Given

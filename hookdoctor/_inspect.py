@@ -1,0 +1,340 @@
+"""``hookdoctor.inspect``: load -> probe -> checks -> specs, leaving the model as it was."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor._environment import environment
+from hookdoctor._guard import preserved
+from hookdoctor._inputs import ModelInput, resolve_input
+from hookdoctor._unwrap import unwrap
+from hookdoctor.checks.gradcam import GRADCAM, Context, Judgement, judge, layout_notes, observed_grids
+from hookdoctor.errors import InputError
+from hookdoctor.gradpath import GradGraph
+from hookdoctor.layout import Layout, prefix_token_hint
+from hookdoctor.locality import gradcam_map, is_working_map, lines_up
+from hookdoctor.probe import Probe, run_probe
+from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report, sort_diagnostics
+from hookdoctor.specs import GradCAMSpec, ScoreModel
+from hookdoctor.tree import module_kind
+
+METHODS = ("gradcam", "rollout")
+# Recommending a layer stops after this many candidates failed the locality or map check.
+_MAX_TRIES = 12
+
+
+def _methods(methods: str | Iterable[str]) -> tuple[str, ...]:
+    wanted = (methods,) if isinstance(methods, str) else tuple(methods)
+    if "all" in wanted:
+        wanted = METHODS
+    unknown = [m for m in wanted if m not in METHODS]
+    if unknown or not wanted:
+        raise InputError(
+            f"Unknown method(s) {unknown or wanted!r}: methods must be a tuple of "
+            f"{', '.join(repr(m) for m in METHODS)} (or 'all')."
+        )
+    return tuple(dict.fromkeys(wanted))
+
+
+def _layer_names(layer: str | Sequence[str] | None) -> list[str]:
+    if layer is None:
+        return []
+    return [layer] if isinstance(layer, str) else list(layer)
+
+
+def inspect(
+    model: nn.Module,
+    example_input: Any = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    target: int | None = None,
+    methods: str | Iterable[str] = METHODS,
+    layer: str | Sequence[str] | None = None,
+) -> Report:
+    """Run ``model`` once with hooks and say which attribution methods would work, and how.
+
+    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). The model comes
+    back untouched: hooks, training flags, requires_grad, .grad, attention settings and
+    parameters are as they were, also when its forward raises.
+    """
+    wanted = _methods(methods)
+    inner, prefix, wrappers = unwrap(model)
+    model_input = resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
+    diagnostics: list[Diagnostic] = []
+    if wrappers:
+        diagnostics.append(Diagnostic.of(
+            "HD601", f"The model is wrapped by {' and '.join(wrappers)}; its inner module was inspected and layer "
+            f"names carry the prefix `{prefix}`.", "Nothing to do: the spec's layer is the module your model holds."))
+    requested = _layer_names(layer)
+    if len(requested) > 1:
+        diagnostics.append(Diagnostic.of(
+            "HD401", f"{len(requested)} target layers were named; pytorch-grad-cam would pair their maps by position.",
+            "Use one spec per layer: each named layer is judged on its own below."))
+
+    gradcam_spec: GradCAMSpec | None = None
+    rollout_spec = None
+    with preserved(model):
+        inner.eval()
+        sites = _attention_sites(inner, model_input, prefix)
+        probe = run_probe(inner, model_input, target, prefix)
+        analysis = _GradCAMAnalysis(model, inner, prefix, model_input, probe, sites)
+        judgements = analysis.judgements
+        diagnostics += analysis.model_diagnostics()
+        if "gradcam" in wanted or requested:
+            gradcam_spec, found = analysis.recommend(requested)
+            diagnostics += found
+        if "rollout" in wanted:
+            from hookdoctor.attention import analyse_attention
+
+            rollout_spec, found = analyse_attention(
+                inner, model_input, name_prefix=prefix, prefix_hint=analysis.context.prefix_hint,
+                observed_grids=analysis.context.observed_grids,
+            )
+            diagnostics += found
+        summaries = analysis.summaries()
+        target_index = int(probe.score.target[0]) if target is None else int(target)
+        verdicts = {name: _verdict(name, judgements) for name in requested}
+        all_verdicts = {name: _verdict(name, judgements) for name in judgements}
+
+    for name, verdict in verdicts.items():
+        diagnostics += [d for d in verdict.diagnostics if d not in diagnostics]
+
+    def check_layer(name: str) -> LayerVerdict:
+        if name in all_verdicts:
+            return all_verdicts[name]
+        return _unknown_layer(name, list(all_verdicts))
+
+    return Report(
+        methods=wanted,
+        diagnostics=sort_diagnostics(_dedupe(diagnostics)),
+        gradcam=gradcam_spec if "gradcam" in wanted or requested else None,
+        rollout=rollout_spec,
+        model_class=type(model).__name__,
+        input_shape=tuple(int(s) for s in model_input.image.shape),
+        target=target_index,
+        environment=environment(inner),
+        layers=summaries,
+        layer_verdicts=verdicts,
+        _judge=check_layer,
+    )
+
+
+def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    return list(dict.fromkeys(diagnostics))
+
+
+def _attention_sites(inner: nn.Module, model_input: ModelInput, prefix: str) -> list[str]:
+    """Names of the modules that run an attention computation (their subtrees are attention internals)."""
+    from hookdoctor.attention import find_attention_sites
+
+    return sorted({prefix + site.module for site in find_attention_sites(inner, model_input) if site.module})
+
+
+def _unknown_layer(name: str, names: list[str]) -> LayerVerdict:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Close matches: {', '.join(f'`{c}`' for c in close)}." if close else ""
+    diagnostic = Diagnostic.of(
+        "HD101", f"No module is named exactly `{name}`.{hint}",
+        "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
+        layer=name, method=GRADCAM)
+    return LayerVerdict(name=name, usable=False, diagnostics=[diagnostic], suggestions=close)
+
+
+def _verdict(name: str, judgements: dict[str, Judgement]) -> LayerVerdict:
+    if name not in judgements:
+        return _unknown_layer(name, list(judgements))
+    j = judgements[name]
+    layout = j.layout
+    notes = layout_notes(j, layout) if j.usable and layout is not None else []
+    return LayerVerdict(
+        name=name,
+        usable=j.usable,
+        diagnostics=[*j.diagnostics, *notes],
+        layout=layout.kind if layout else None,
+        grid=layout.grid if layout else None,
+        prefix_tokens=layout.prefix_tokens if layout else None,
+    )
+
+
+class _GradCAMAnalysis:
+    """Judges every module from one probe and picks the layer to recommend."""
+
+    def __init__(self, model: nn.Module, inner: nn.Module, prefix: str, model_input: ModelInput,
+                 probe: Probe, attention_sites: list[str]) -> None:
+        self.model = model
+        self.inner = inner
+        self.prefix = prefix
+        self.model_input = model_input
+        self.probe = probe
+        self.attention_sites = attention_sites
+        self.context = Context(
+            probe=probe,
+            grad_graph=GradGraph(probe.score.value, list(inner.parameters())),
+            prefix_hint=prefix_token_hint(inner),
+            observed_grids=observed_grids(probe),
+        )
+        self.judgements = {name: judge(record, self.context) for name, record in probe.records.items()}
+
+    # -- model-level findings -------------------------------------------------------------
+    def model_diagnostics(self) -> list[Diagnostic]:
+        score = self.probe.score
+        found: list[Diagnostic] = []
+        if score.selector.how != "tensor":
+            found.append(Diagnostic.of(
+                "HD001", f"The model returns {score.output_structure}; attribution libraries need the score tensor "
+                f"{score.selector.expression('output')}.",
+                "The spec's .model is a wrapper that returns it; pass spec.model (not the raw model) to the library.",
+                method=GRADCAM))
+        if score.other_heads:
+            found.append(Diagnostic.of(
+                "HD002", f"The model returns several score tensors; {score.selector.expression('output')} was explained "
+                f"and {', '.join(score.other_heads)} passed over.",
+                "If you meant another head, wrap the model so that it returns that head, and inspect the wrapper.",
+                method=GRADCAM))
+        if score.zero_head:
+            found.append(Diagnostic.of(
+                "HD003", f"The head `{score.zero_head}` has all-zero weights, so the score's gradient is zero for every "
+                "layer; layers were judged with a surrogate score instead.",
+                "Load trained weights (or re-initialise the head) before reading any map from this model.",
+                layer=score.zero_head, method=GRADCAM))
+        elif self.probe.input_gradient_zero:
+            found.append(Diagnostic.of(
+                "HD203", "The explained score does not depend on the input image at all (its gradient is zero).",
+                "Check the model's head and weights: a constant score has nothing to explain.", method=GRADCAM))
+        if score.pre_activation:
+            found.append(Diagnostic.of(
+                "HD004", f"The model ends in `{score.pre_activation}` (softmax/sigmoid)"
+                f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
+                f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
+                "The spec's .model returns the input of that module; explain logits, not probabilities.",
+                layer=score.pre_activation, method=GRADCAM,
+                severity="warning" if score.saturated else "info"))
+        return found
+
+    # -- recommendation -------------------------------------------------------------------
+    def _is_attention_internal(self, name: str) -> bool:
+        return any(name == site or name.startswith(site + ".") for site in self.attention_sites)
+
+    def _candidates(self) -> list[Judgement]:
+        found = []
+        for name, j in self.judgements.items():
+            if not j.usable or j.layout is None or j.call is None:
+                continue
+            kind = module_kind(self.probe.records[name].module)
+            if kind in ("pooling", "dropout") or self._is_attention_internal(name):
+                continue
+            found.append(j)
+        return sorted(found, key=lambda j: j.call.order, reverse=True)
+
+    def _representative(self, group: list[Judgement]) -> Judgement:
+        """Of the modules returning the same tensor, the deepest one with children (a block), else the creator."""
+        def rank(j: Judgement) -> tuple[int, int, int]:
+            has_children = next(self.probe.records[j.name].module.children(), None) is not None
+            return (1 if has_children else 0, j.name.count("."), -j.call.order)
+        blocks = [j for j in group if next(self.probe.records[j.name].module.children(), None) is not None]
+        if blocks:
+            return max(blocks, key=rank)
+        return min(group, key=lambda j: j.call.order)
+
+    def _confirm(self, j: Judgement) -> Layout | None:
+        """The first layout of ``j`` whose cells line up with the input and whose map works."""
+        call = j.call
+        for layout in j.layouts:
+            if not lines_up(call.tensor, self.probe.image, layout):
+                continue
+            if is_working_map(gradcam_map(call.tensor, call.grad, layout)):
+                return layout
+        return None
+
+    def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
+        found: list[Diagnostic] = []
+        for name in requested:
+            j = self.judgements.get(name)
+            if j is not None and j.usable and j.layout is not None:
+                layout = self._confirm(j)
+                if layout is not None:
+                    spec, notes = self._spec(j, layout, (f"`{name}` was named and works",))
+                    return spec, found + notes
+        candidates = self._candidates()
+        tried: set[int] = set()
+        attempts = 0
+        for j in candidates:
+            key = id(j.call.tensor)
+            if key in tried:
+                continue
+            tried.add(key)
+            group = [c for c in candidates if id(c.call.tensor) == key]
+            choice = self._representative(group)
+            layout = self._confirm(choice)
+            if layout is not None:
+                reasons = (
+                    "the last layer (in execution order) that runs once and returns a plain tensor",
+                    f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
+                    "receives gradient from the score at every image cell and is not rewritten in place",
+                )
+                spec, notes = self._spec(choice, layout, reasons)
+                return spec, found + notes
+            attempts += 1
+            if attempts >= _MAX_TRIES:
+                break
+        found.append(Diagnostic.of(
+            "HD203", "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
+            "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM))
+        return None, found
+
+    def _spec(self, j: Judgement, layout: Layout, reasons: tuple[str, ...]) -> tuple[GradCAMSpec, list[Diagnostic]]:
+        score = self.probe.score
+        trainable_path = self.context.grad_graph.needs_trainable_parameters(j.call.grad_fn)
+        needs_grad_fix = not trainable_path or not self.probe.grad_enabled_by_user
+        extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
+        pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
+        if score.selector.how == "tensor" and pre_activation is None and not needs_grad_fix and not extra_args:
+            score_model: nn.Module = self.model
+        else:
+            template = self.model_input if extra_args else None
+            score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
+        notes = layout_notes(j, layout)
+        if needs_grad_fix:
+            why = "its parameters up to this layer are frozen" if not trainable_path else "grad mode was off"
+            notes.append(Diagnostic.of(
+                "HD005", f"The output of `{j.name}` would not require grad ({why}); pytorch-grad-cam would skip its "
+                "gradient hook.", "The spec's .model enables grad and makes its input require grad.",
+                layer=j.name, method=GRADCAM))
+        score_text = score.selector.expression("model(x)")
+        if score.pre_activation:
+            score_text = f"the input of `{score.pre_activation}` (the logit)"
+        spec = GradCAMSpec(
+            layer_name=j.name,
+            layer=self.probe.records[j.name].module,
+            reshape_transform=layout.transform(),
+            model=score_model,
+            grid=layout.grid,
+            layout=layout,
+            reasons=reasons,
+            score=score_text,
+        )
+        return spec, notes
+
+    # -- summaries ------------------------------------------------------------------------
+    def summaries(self) -> list[LayerSummary]:
+        out = []
+        for name, j in self.judgements.items():
+            record = self.probe.records[name]
+            layout = j.layout
+            out.append(LayerSummary(
+                name=name,
+                type=type(record.module).__name__,
+                kind="attention" if name in self.attention_sites else module_kind(record.module),
+                calls=len(record.calls),
+                output=record.calls[0].structure if record.calls else "-",
+                layout=layout.kind if layout and j.usable else None,
+                grid=layout.grid if layout and j.usable else None,
+                usable=j.usable,
+                codes=tuple(dict.fromkeys(d.code for d in j.diagnostics)),
+            ))
+        return out

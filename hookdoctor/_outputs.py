@@ -1,0 +1,85 @@
+"""What a module or model returned: its structure, its main tensor, and the score inside it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# Fields of a transformers ModelOutput that hold a score, most preferred first.
+_SCORE_FIELDS = ("logits", "image_embeds", "pooler_output")
+
+
+def describe(value: Any, depth: int = 0) -> str:
+    """A short structural description: ``Tensor[1, 65, 64]``, ``tuple(Tensor[..], None)``."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor[{', '.join(str(s) for s in value.shape)}]"
+    if value is None:
+        return "None"
+    if depth > 1:
+        return type(value).__name__
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{k}={describe(v, depth + 1)}" for k, v in value.items())
+        return f"{type(value).__name__}({inner})"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(describe(v, depth + 1) for v in value)
+        return f"{type(value).__name__}({inner})"
+    return type(value).__name__
+
+
+def primary_tensor(value: Any) -> torch.Tensor | None:
+    """The tensor a hook would most likely be after: the value itself, or its first tensor."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (tuple, list)) else ()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            return item
+    return None
+
+
+@dataclass(frozen=True)
+class OutputSelector:
+    """How to get the score tensor out of a model's output: picklable, printable as code."""
+
+    how: str = "tensor"  # "tensor" | "attr" | "key" | "index"
+    key: str | int | None = None
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        if self.how == "tensor":
+            return output
+        if self.how == "attr":
+            return getattr(output, str(self.key))
+        return output[self.key]
+
+    def expression(self, var: str = "out") -> str:
+        if self.how == "tensor":
+            return var
+        if self.how == "attr":
+            return f"{var}.{self.key}"
+        return f"{var}[{self.key!r}]"
+
+
+def find_score(output: Any) -> tuple[OutputSelector, list[str]] | None:
+    """Where the score is in ``output``, and the other 2-D candidates that were passed over."""
+    if isinstance(output, torch.Tensor):
+        return OutputSelector(), []
+    candidates: list[tuple[OutputSelector, str]] = []
+    if isinstance(output, Mapping):
+        is_model_output = hasattr(output, "to_tuple")  # transformers ModelOutput (attribute access works)
+        for name in _SCORE_FIELDS:
+            value = output.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() == 2:
+                return OutputSelector("attr" if is_model_output else "key", name), []
+        for key, value in output.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 2:
+                candidates.append((OutputSelector("attr" if is_model_output else "key", key), str(key)))
+    elif isinstance(output, (tuple, list)):
+        for index, value in enumerate(output):
+            if isinstance(value, torch.Tensor) and value.dim() == 2:
+                candidates.append((OutputSelector("index", index), f"[{index}]"))
+    if not candidates:
+        return None
+    return candidates[0][0], [label for _, label in candidates[1:]]

@@ -1,0 +1,1 @@
+"""Checks read the probe's records and yield diagnostics; they never run the model."""

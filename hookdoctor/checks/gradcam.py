@@ -1,0 +1,154 @@
+"""Is a layer a usable Grad-CAM target? One judgement per module, from the probe's records.
+
+A layer is usable when it runs exactly once, returns a plain tensor that no later
+in-place operation rewrites, has an image-aligned layout with more than one cell, and
+receives gradient from the score at its image cells (not only at its prefix tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hookdoctor.gradpath import GradGraph
+from hookdoctor.layout import Layout, infer_layouts, spatial_extent
+from hookdoctor.probe import CallRecord, ModuleRecord, Probe
+from hookdoctor.report import Diagnostic
+
+GRADCAM = "gradcam"
+
+
+@dataclass
+class Context:
+    """What every judgement needs beyond the layer's own record."""
+
+    probe: Probe
+    grad_graph: GradGraph
+    prefix_hint: int | None
+    observed_grids: list[tuple[int, int]]
+
+
+@dataclass
+class Judgement:
+    name: str
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    layouts: list[Layout] = field(default_factory=list)
+    call: CallRecord | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+    @property
+    def layout(self) -> Layout | None:
+        return self.layouts[0] if self.layouts else None
+
+    def add(self, code: str, message: str, fix: str) -> None:
+        self.diagnostics.append(Diagnostic.of(code, message, fix, layer=self.name, method=GRADCAM))
+
+
+def observed_grids(probe: Probe) -> list[tuple[int, int]]:
+    """Grids of NCHW convolution outputs (a ViT's patch embedding among them)."""
+    grids: list[tuple[int, int]] = []
+    for record in probe.records.values():
+        if isinstance(record.module, torch.nn.modules.conv._ConvNd):
+            for call in record.calls:
+                if call.shape is not None and len(call.shape) == 4 and tuple(call.shape[2:]) not in grids:
+                    grids.append((int(call.shape[2]), int(call.shape[3])))
+    return grids
+
+
+def _cell_energy(call: CallRecord, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradient energy per image cell, and per prefix token (tokens only)."""
+    grad = call.grad.detach().abs()
+    if layout.kind == "NCHW":
+        return grad.sum(dim=(0, 1)).flatten(), None
+    if layout.kind == "NHWC":
+        return grad.sum(dim=(0, 3)).flatten(), None
+    per_token = grad.sum(dim=(0, 2))
+    return per_token[layout.prefix_tokens :], per_token[: layout.prefix_tokens]
+
+
+def judge(record: ModuleRecord, ctx: Context) -> Judgement:
+    """Every diagnostic that makes (or would make) ``record`` fail as a Grad-CAM target."""
+    j = Judgement(record.name)
+    name = record.name
+    if not record.calls:
+        j.add("HD102", f"`{name}` never runs in the forward pass, so a hook on it never fires.",
+              "Choose a module that runs; the report lists each module with its call count.")
+        return j
+    call = record.calls[0]
+    j.call = call
+    if len(record.calls) > 1:
+        j.add("HD103", f"`{name}` runs {len(record.calls)} times per forward pass; pytorch-grad-cam would use the "
+              "first call and Captum the last.",
+              "Hook a module that runs once, such as the block that contains it.")
+    if not call.is_tensor:
+        j.add("HD104", f"`{name}` returns {call.structure}, not a tensor; pytorch-grad-cam fails on it and its "
+              "gradient hook would be skipped.",
+              "Hook the tensor-producing module inside it, or the next module whose output is a plain tensor.")
+    if call.tensor is not None and call.overwritten:
+        j.add("HD105", f"A later in-place operation rewrites the output of `{name}`, so the stored activation "
+              "is not the one the gradient belongs to.",
+              "Hook a module whose output is not modified in place, such as the enclosing block.")
+    shape = call.shape
+    if shape is None or len(shape) < 3 or spatial_extent(shape) <= 1:
+        j.add("HD305", f"`{name}` outputs {call.structure}, which has no spatial grid to draw a map on.",
+              "Hook the last layer before global pooling.")
+        return j
+    probe = ctx.probe
+    j.layouts = infer_layouts(shape, probe.image_hw, probe.batch, module=record.module,
+                              observed_grids=ctx.observed_grids, prefix_hint=ctx.prefix_hint)
+    if not j.layouts:
+        j.add("HD306", f"`{name}` outputs {call.structure}, whose dimensions do not follow the "
+              f"{probe.image_hw[0]}x{probe.image_hw[1]} input's geometry.",
+              "Hook a layer whose output is a grid or a token sequence over the image.")
+        return j
+    if not call.requires_grad:
+        j.add("HD306", f"`{name}` does not depend on the input image (its output needs no gradient even "
+              "when the image does).", "Hook a layer computed from the image.")
+        return j
+    if call.grad is None:
+        j.add("HD202", f"`{name}` runs, but the explained score does not depend on its output.",
+              "Hook a layer on the path from the input to the score.")
+        return j
+    layout = j.layouts[0]
+    cells, prefix = _cell_energy(call, layout)
+    if not bool(cells.max() > 0):
+        if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
+            picks = ctx.grad_graph.picks_between(call.grad_fn)
+            via = f" (the score reaches it only through {', '.join(dict.fromkeys(picks))})" if picks else ""
+            j.add("HD201", f"No gradient reaches the {layout.grid[0]}x{layout.grid[1]} patch tokens of `{name}`: "
+                  f"after it the classifier reads only the prefix token(s){via}, so Grad-CAM here is all zeros.",
+                  "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm.")
+        else:
+            j.add("HD202", f"The explained score's gradient at `{name}` is zero everywhere.",
+                  "Hook a layer on the path from the input to the score.")
+    return j
+
+
+def layout_notes(j: Judgement, layout: Layout) -> list[Diagnostic]:
+    """The layout findings a spec for this layer handles by itself (info)."""
+    notes: list[Diagnostic] = []
+    h, w = layout.grid
+    name = j.name
+
+    def note(code: str, message: str, fix: str) -> None:
+        notes.append(Diagnostic.of(code, message, fix, layer=name, method=GRADCAM))
+
+    if layout.kind == "tokens":
+        note("HD301", f"`{name}` outputs tokens [B, {layout.prefix_tokens}+{h * w}, {layout.channels}], not a "
+             "[B, C, H, W] map.",
+             f"The spec's reshape_transform drops {layout.prefix_tokens} prefix token(s), reshapes to {h}x{w} "
+             "and permutes to [B, C, H, W].")
+        if layout.prefix_tokens > 1:
+            note("HD302", f"`{name}` has {layout.prefix_tokens} prefix tokens (CLS plus distillation or register "
+                 "tokens), not one.", f"The spec drops exactly {layout.prefix_tokens} tokens before reshaping.")
+    if layout.kind == "NHWC":
+        note("HD304", f"`{name}` outputs channels-last [B, {h}, {w}, {layout.channels}]; every library would read "
+             f"{h} as the channel count.", "The spec's reshape_transform permutes it to [B, C, H, W].")
+    if h != w:
+        note("HD303", f"The map of `{name}` is {h}x{w} (height x width), not square.",
+             f"The spec reshapes to ({h}, {w}), height first.")
+    return notes

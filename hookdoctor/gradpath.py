@@ -1,0 +1,62 @@
+"""The autograd graph below the score, as a networkx graph.
+
+Nodes are autograd functions (``grad_fn``), edges point from a function to the functions
+it passes gradients to. "Does this layer's output need the input to require grad?" is
+whether a trainable parameter's ``AccumulateGrad`` lies below it; "why does no gradient
+reach the patch tokens?" is the chain of token picks (``SelectBackward0``) on the
+shortest path from the score to the layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import torch
+
+# Autograd functions that pick part of a tensor: the CLS pick of a ViT head is one.
+_PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", "SplitBackward", "NarrowBackward")
+
+
+class GradGraph:
+    def __init__(self, score: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
+        self.graph = nx.DiGraph()
+        self.root = score.grad_fn
+        trainable = {id(p) for p in parameters if p.requires_grad}
+        trainable_leaves: list[int] = []
+        stack = [self.root] if self.root is not None else []
+        seen: set[int] = set()
+        while stack:
+            fn = stack.pop()
+            if id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            self.graph.add_node(id(fn), op=type(fn).__name__)
+            variable = getattr(fn, "variable", None)
+            if variable is not None and id(variable) in trainable:
+                trainable_leaves.append(id(fn))
+            for next_fn, _ in getattr(fn, "next_functions", ()):
+                if next_fn is None:
+                    continue
+                self.graph.add_edge(id(fn), id(next_fn))
+                stack.append(next_fn)
+        reversed_view = self.graph.reverse(copy=False)
+        self._above_trainable: set[int] = set(trainable_leaves)
+        for leaf in trainable_leaves:
+            self._above_trainable |= nx.descendants(reversed_view, leaf)
+
+    def reaches(self, grad_fn: Any) -> bool:
+        """True when the score depends on the tensor produced by ``grad_fn``."""
+        return grad_fn is not None and id(grad_fn) in self.graph
+
+    def needs_trainable_parameters(self, grad_fn: Any) -> bool:
+        """True when a trainable parameter lies below: the output requires grad without input grad."""
+        return grad_fn is not None and id(grad_fn) in self._above_trainable
+
+    def picks_between(self, grad_fn: Any) -> list[str]:
+        """The token/element picks on the shortest path from the score to ``grad_fn``."""
+        if self.root is None or not self.reaches(grad_fn):
+            return []
+        path = nx.shortest_path(self.graph, id(self.root), id(grad_fn))
+        ops = [self.graph.nodes[n]["op"] for n in path[1:-1]]
+        return [op for op in ops if op.startswith(_PICKS)]

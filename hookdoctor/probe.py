@@ -1,0 +1,226 @@
+"""The one probe pass: a forward with a hook on every module, and a backward from the score.
+
+For every module it records how often it ran, what it returned, and whether a later
+in-place operation rewrote that output; for every call whose output could be a map
+(3-D or 4-D, batch first) it keeps the activation and the gradient of the score with
+respect to it, which is all Grad-CAM needs. Checks read these records and never run the
+model themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor._inputs import ModelInput
+from hookdoctor._outputs import OutputSelector, describe, find_score, primary_tensor
+from hookdoctor.errors import InputError, ModelRunError
+
+
+@dataclass
+class CallRecord:
+    """One call of one module."""
+
+    order: int
+    structure: str
+    is_tensor: bool
+    tensor: torch.Tensor | None
+    shape: tuple[int, ...] | None
+    version_at_hook: int
+    requires_grad: bool
+    grad_fn: Any = None
+    version_after: int = -1
+    grad: torch.Tensor | None = None
+
+    @property
+    def overwritten(self) -> bool:
+        return self.version_after != self.version_at_hook
+
+
+@dataclass
+class ModuleRecord:
+    name: str
+    module: nn.Module
+    calls: list[CallRecord] = field(default_factory=list)
+    first_input: torch.Tensor | None = None
+
+
+@dataclass
+class Score:
+    """What the probe differentiated, and what the spec's model wrapper must return."""
+
+    selector: OutputSelector
+    other_heads: list[str]
+    output_structure: str
+    logits: torch.Tensor
+    target: torch.Tensor  # [B] class per sample
+    pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
+    saturated: bool
+    zero_head: str | None  # name of a zero-initialised head (surrogate score used)
+    value: torch.Tensor
+
+
+@dataclass
+class Probe:
+    records: dict[str, ModuleRecord]
+    order: list[str]  # module names in order of first completion
+    score: Score
+    image: torch.Tensor  # the input that required grad
+    image_hw: tuple[int, int]
+    batch: int
+    input_gradient_zero: bool
+    grad_enabled_by_user: bool
+
+    def record(self, name: str) -> ModuleRecord:
+        return self.records[name]
+
+
+def _surrogate_score(features: torch.Tensor) -> torch.Tensor:
+    """A fixed random projection of the head's input: same paths as the real score."""
+    generator = torch.Generator().manual_seed(1234)
+    direction = torch.randn(features.shape[1:], generator=generator).to(features)
+    return (features * direction).sum()
+
+
+def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
+    if target is None:
+        return logits.detach().argmax(dim=1)
+    if not 0 <= int(target) < logits.shape[1]:
+        raise InputError(
+            f"target={target} is out of range: the model scores {logits.shape[1]} classes, so the "
+            f"target must be between 0 and {logits.shape[1] - 1} (or None for the top-scoring class)."
+        )
+    return torch.full((logits.shape[0],), int(target), dtype=torch.long, device=logits.device)
+
+
+def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, name_prefix: str = "") -> Probe:
+    """Run ``model`` once forward and once backward. The caller restores the model (``preserved``)."""
+    grad_enabled_by_user = torch.is_grad_enabled()
+    records: dict[str, ModuleRecord] = {}
+    order: list[str] = []
+    counter = [0]
+    handles = []
+
+    def make_hook(record: ModuleRecord):
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            tensor = primary_tensor(output)
+            call = CallRecord(
+                order=counter[0],
+                structure=describe(output),
+                is_tensor=isinstance(output, torch.Tensor),
+                tensor=tensor,
+                shape=tuple(tensor.shape) if tensor is not None else None,
+                version_at_hook=tensor._version if tensor is not None else 0,
+                requires_grad=bool(tensor is not None and tensor.requires_grad),
+                grad_fn=tensor.grad_fn if tensor is not None else None,
+            )
+            counter[0] += 1
+            if not record.calls:
+                order.append(record.name)
+                if inputs and isinstance(inputs[0], torch.Tensor):
+                    record.first_input = inputs[0]
+            record.calls.append(call)
+            if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
+                def keep(grad: torch.Tensor, call: CallRecord = call) -> None:
+                    call.grad = grad if call.grad is None else call.grad + grad
+                tensor.register_hook(keep)
+        return hook
+
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        full_name = name_prefix + name
+        records[full_name] = ModuleRecord(full_name, module)
+        handles.append(module.register_forward_hook(make_hook(records[full_name])))
+
+    image = model_input.image.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            try:
+                output = model_input.with_image(image).call(model)
+            except Exception as exc:  # the user's forward: any failure is theirs to see, in one paragraph
+                raise ModelRunError(
+                    f"The model's forward raised {type(exc).__name__}: {exc}. hookdoctor ran it once on an input "
+                    f"of shape {tuple(model_input.image.shape)}; check that this is the input the model expects "
+                    "(pass example_input=..., or --input-shape on the command line)."
+                ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    for record in records.values():
+        for call in record.calls:
+            if call.tensor is not None:
+                call.version_after = call.tensor._version
+
+    found = find_score(output)
+    if found is None:
+        raise InputError(
+            f"The model returned {describe(output)}, which holds no [batch, classes] score tensor to "
+            "explain. Wrap the model so that its forward returns the scores (logits or an embedding) "
+            "as a 2-D tensor, and inspect the wrapper."
+        )
+    selector, other_heads = found
+    logits = selector(output)
+    producer = next((r for r in reversed(list(records.values())) if r.calls and r.calls[-1].tensor is logits), None)
+    pre_activation = None
+    scored = logits
+    if producer is not None and isinstance(producer.module, (nn.Softmax, nn.Sigmoid)) and producer.first_input is not None:
+        pre_activation = producer.name
+        scored = producer.first_input
+    probabilities = logits if pre_activation else None
+    saturated = bool(probabilities is not None and probabilities.detach().max() >= 1.0 - 1e-6)
+    target_idx = _target_indices(scored, target)
+    value = scored.gather(1, target_idx[:, None]).sum()
+
+    with torch.enable_grad():
+        (input_grad,) = torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
+    input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
+    zero_head = None
+    if input_gradient_zero:
+        head = _zero_initialised_head(records, scored)
+        if head is not None:
+            zero_head = head.name
+            for record in records.values():
+                for call in record.calls:
+                    call.grad = None
+            value = _surrogate_score(head.first_input)
+            with torch.enable_grad():
+                torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
+
+    score = Score(
+        selector=selector,
+        other_heads=other_heads,
+        output_structure=describe(output),
+        logits=scored.detach(),
+        target=target_idx,
+        pre_activation=pre_activation,
+        saturated=saturated,
+        zero_head=zero_head,
+        value=value,
+    )
+    return Probe(
+        records=records,
+        order=order,
+        score=score,
+        image=image,
+        image_hw=model_input.image_hw,
+        batch=model_input.batch,
+        input_gradient_zero=input_gradient_zero and zero_head is None,
+        grad_enabled_by_user=grad_enabled_by_user,
+    )
+
+
+def _zero_initialised_head(records: dict[str, ModuleRecord], scored: torch.Tensor) -> ModuleRecord | None:
+    """The module that produced the score, when its weight is all zeros."""
+    for record in reversed(list(records.values())):
+        if not record.calls or record.calls[-1].tensor is not scored:
+            continue
+        weight = getattr(record.module, "weight", None)
+        if isinstance(weight, torch.Tensor) and record.first_input is not None and not bool(weight.abs().max() > 0):
+            return record
+        return None
+    return None

@@ -1,0 +1,147 @@
+"""GradCAMSpec: a target layer, a reshape and a score model that work together.
+
+The spec works with pytorch-grad-cam (``GradCAM(**spec.pytorch_grad_cam_kwargs())``),
+Captum (``spec.captum().attribute(x, target=...)``) and plain hooks; ``spec.code(backend)``
+prints the same thing as a snippet to paste.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor._inputs import ModelInput
+from hookdoctor._outputs import OutputSelector
+from hookdoctor.errors import MissingDependencyError
+from hookdoctor.layout import Layout, ReshapeTransform
+
+
+class ScoreModel(nn.Module):
+    """A thin wrapper whose forward returns the ``[B, classes]`` score tensor.
+
+    It selects the score from a ModelOutput, tuple or dict; explains the input of a final
+    Softmax/Sigmoid module (the logit) rather than a saturated probability; passes the
+    other arguments the model needs; and runs with grad enabled and an input that requires
+    grad, so frozen models and ``no_grad`` callers still produce layer gradients.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        selector: OutputSelector,
+        *,
+        pre_activation: nn.Module | None = None,
+        call_template: ModelInput | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.selector = selector
+        self.call_template = call_template
+        # Kept out of _modules: it is part of self.model already.
+        self.__dict__["pre_activation"] = pre_activation
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        template = self.call_template or ModelInput((image,), {}, 0)
+        with torch.enable_grad():
+            if not image.requires_grad:
+                image = image.detach().requires_grad_(True)
+            call = template.with_image(image)
+            if self.pre_activation is None:
+                return self.selector(call.call(self.model))
+            captured: dict[str, torch.Tensor] = {}
+
+            def keep_input(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+                captured["logits"] = inputs[0]
+
+            handle = self.pre_activation.register_forward_pre_hook(keep_input)
+            try:
+                call.call(self.model)
+            finally:
+                handle.remove()
+            return captured["logits"]
+
+
+class _GridView(nn.Identity):
+    """The point where Captum sees a token or channels-last layer as ``[B, C, H, W]``."""
+
+
+class CaptumAdapter(nn.Module):
+    """Runs the score model with the target layer's output routed through a ``[B, C, H, W]`` view.
+
+    Captum's LayerGradCam averages gradients over dims 2.. and sums over dim 1, so a
+    ``[B, T, C]`` layer would give a one-dimensional "map". During each forward, a hook on
+    the layer reshapes its output to ``[B, C, H, W]``, passes it through ``grid_view`` (the
+    module Captum hooks) and puts it back, so the rest of the network computes exactly
+    what it did before. The hook lives only for the duration of the forward.
+    """
+
+    def __init__(self, score_model: nn.Module, layer: nn.Module, transform: ReshapeTransform) -> None:
+        super().__init__()
+        self.score_model = score_model
+        self.grid_view = _GridView()
+        self.__dict__["layer"] = layer
+        self.transform = transform
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        def route(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            return self.transform.inverse(self.grid_view(self.transform(output)), output)
+
+        handle = self.layer.register_forward_hook(route)
+        try:
+            return self.score_model(image)
+        finally:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class GradCAMSpec:
+    """A Grad-CAM hook spec that was checked to work on the example input."""
+
+    layer_name: str
+    layer: nn.Module
+    reshape_transform: ReshapeTransform | None
+    model: nn.Module
+    grid: tuple[int, int]
+    layout: Layout
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+    score: str = "logits"
+
+    def pytorch_grad_cam_kwargs(self) -> dict[str, Any]:
+        """``dict(model=..., target_layers=[...], reshape_transform=...)`` for ``pytorch_grad_cam.GradCAM``."""
+        return {"model": self.model, "target_layers": [self.layer], "reshape_transform": self.reshape_transform}
+
+    def captum(self) -> Any:
+        """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, H, W]``."""
+        try:
+            from captum.attr import LayerGradCam
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "spec.captum() needs Captum, which is not installed. Install it with "
+                "`pip install 'hookdoctor[captum]'` (or `pip install captum`)."
+            ) from exc
+        if self.reshape_transform is None:
+            return LayerGradCam(self.model, self.layer)
+        adapter = CaptumAdapter(self.model, self.layer, self.reshape_transform)
+        return LayerGradCam(adapter, adapter.grid_view)
+
+    def code(self, backend: str = "pytorch-grad-cam") -> str:
+        """A copy-paste snippet for ``"pytorch-grad-cam"`` or ``"captum"``."""
+        from hookdoctor._snippets import gradcam_snippet
+
+        return gradcam_snippet(self, backend)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer_name": self.layer_name,
+            "layer_type": type(self.layer).__name__,
+            "grid": list(self.grid),
+            "layout": self.layout.kind,
+            "prefix_tokens": self.layout.prefix_tokens,
+            "reshape_transform": repr(self.reshape_transform) if self.reshape_transform is not None else None,
+            "model_wrapper": type(self.model).__name__ if isinstance(self.model, ScoreModel) else None,
+            "score": self.score,
+            "reasons": list(self.reasons),
+        }
