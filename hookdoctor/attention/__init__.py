@@ -1,10 +1,29 @@
 """Attention capture and rollout: find the attention, capture real probabilities, roll them out.
 
-    from hookdoctor.attention import find_attention_sites, analyse_attention, AttentionSpec
+    from hookdoctor.attention import AttentionSpec, analyse_attention, find_attention_sites
+
+``find_attention_sites`` says where a model computes attention (structurally, one forward);
+``analyse_attention`` judges it for rollout and builds an ``AttentionSpec``;
+``capture_attention`` is the context manager behind ``AttentionSpec.capturing``.
 """
 
 from __future__ import annotations
 
-from hookdoctor.attention._sites import AttentionSite, find_attention_sites
+from hookdoctor.attention._analyse import analyse_attention
+from hookdoctor.attention._intercept import sdpa_probabilities
+from hookdoctor.attention._rollout import rollout_map, rollout_matrix
+from hookdoctor.attention._sites import AttentionSite, attention_modules, find_attention_sites
+from hookdoctor.attention._spec import AttentionRecord, AttentionSpec, capture_attention
 
-__all__ = ["AttentionSite", "find_attention_sites"]
+__all__ = [
+    "AttentionRecord",
+    "AttentionSite",
+    "AttentionSpec",
+    "analyse_attention",
+    "attention_modules",
+    "capture_attention",
+    "find_attention_sites",
+    "rollout_map",
+    "rollout_matrix",
+    "sdpa_probabilities",
+]

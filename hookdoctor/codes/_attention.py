@@ -134,4 +134,16 @@ hookdoctor never takes that path: its capture places its own hooks inside a cont
 removes them, and the model's hook dictionaries are checked to be unchanged.""",
         applies="spec",
     ),
+    Code(
+        "HD513", "irregular-attention", _ATTN, "error",
+        "The model's attention is not one T x T matrix per layer over the same tokens; rollout is undefined.",
+        """Rollout multiplies one token-to-token matrix per layer, so every layer must attend from
+all tokens to the same tokens. Models that reduce keys (PVT's spatial-reduction attention),
+change the token count between stages, insert class-attention blocks that attend from one
+token only (CaiT), or drop and shuffle tokens (ViTMAE masking) give matrices that cannot be
+chained, or a token count that no patch grid of the input explains.
+
+Use Grad-CAM, or look at the raw attention of a single layer with
+`hookdoctor.attention.capture_attention(model, [layer])`.""",
+    ),
 )

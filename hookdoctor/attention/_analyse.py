@@ -1,0 +1,366 @@
+"""Judge a model for attention rollout: what its settings would give a user, and a spec that works.
+
+One forward with gradients runs under interception (``_sites.observe``). From it come the
+attention sites, the effective implementation of each (whatever the config claims), the
+token layout, whether the captured probabilities are on the gradient path, and which
+token rows the head actually reads (the rows of the last attention that receive gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor._inputs import ModelInput
+from hookdoctor.attention._sites import AttentionSite, Observation, observe
+from hookdoctor.attention._spec import AttentionSpec
+from hookdoctor.layout import prefix_token_hint, token_candidates
+from hookdoctor.report import Diagnostic
+
+_METHOD = "rollout"
+_SCORE_FIELDS = ("logits", "image_embeds", "pooler_output")
+
+
+def _score_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor the model's user would explain: logits, else an embedding, else the first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for name in _SCORE_FIELDS:
+            value = output.get(name)
+            if isinstance(value, torch.Tensor):
+                return value
+        values: Sequence[Any] = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        values = output
+    else:
+        return None
+    return next((v for v in values if isinstance(v, torch.Tensor)), None)
+
+
+def _more(sites: Sequence[AttentionSite]) -> str:
+    return f" and {len(sites) - 1} more" if len(sites) > 1 else ""
+
+
+def _named(prefix: str, name: str) -> str:
+    return prefix + name
+
+
+def _owner_module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        return None
+
+
+def _attn_implementation(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    value = getattr(config, "_attn_implementation", None)
+    return value if isinstance(value, str) else None
+
+
+def _transformers_major() -> int | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return int(transformers.__version__.split(".")[0])
+
+
+# -- refusals ------------------------------------------------------------------------------------
+def _refusal(model: nn.Module, seen: Observation, prefix: str) -> Diagnostic | None:
+    sites = seen.sites
+    if not sites:
+        kind = type(model).__name__
+        return Diagnostic.of(
+            "HD508",
+            f"{kind} computes no token-to-token attention (no scaled_dot_product_attention, attention "
+            "softmax or nn.MultiheadAttention ran in its forward), so there is nothing to roll out.",
+            "Use Grad-CAM on this model (methods=('gradcam',)); hookdoctor recommends a layer for it.",
+            method=_METHOD,
+        )
+    channels = [s for s in sites if s.mixes == "channels"]
+    if channels:
+        first = channels[0]
+        return Diagnostic.of(
+            "HD507",
+            f"{_named(prefix, first.module)}{_more(channels)} apply softmax over a {first.key_tokens}x"
+            f"{first.key_tokens} matrix of feature channels, not over image tokens, so rollout through "
+            "them does not describe image positions.",
+            "Use Grad-CAM on this model; attention rollout needs token-to-token attention in every block.",
+            layer=_named(prefix, first.module),
+            method=_METHOD,
+        )
+    windows = [s for s in sites if s.mixes == "windows"]
+    if windows:
+        first = windows[0]
+        return Diagnostic.of(
+            "HD506",
+            f"{_named(prefix, first.module)}{_more(windows)} attend within local windows "
+            f"({first.batch} windows of {first.key_tokens} tokens for a batch of {seen_batch(seen)}), "
+            "so there is no image-wide token-to-token matrix to roll out.",
+            "Use Grad-CAM (hookdoctor recommends a layer), or look at per-window attention maps only.",
+            layer=_named(prefix, first.module),
+            method=_METHOD,
+        )
+    blocks = [s for s in sites if s.is_self_attention]
+    counts = sorted({s.key_tokens for s in blocks})
+    strays = [s for s in sites if not s.is_self_attention and s.order != sites[-1].order]
+    if not blocks or len(counts) > 1 or strays:
+        odd = strays[0] if strays else (blocks[-1] if blocks else sites[0])
+        why = (
+            f"the token count changes between layers ({', '.join(map(str, counts))})"
+            if len(counts) > 1
+            else f"{_named(prefix, odd.module)} attends from {odd.query_tokens} to {odd.key_tokens} tokens "
+            "between the self-attention blocks"
+            if strays
+            else "no layer attends from every token to every token"
+        )
+        return Diagnostic.of(
+            "HD513",
+            f"Rollout multiplies one T x T attention matrix per layer, but in {type(model).__name__} {why}.",
+            "Use Grad-CAM, or raw attention of a single layer via hookdoctor.attention.capture_attention.",
+            layer=_named(prefix, odd.module),
+            method=_METHOD,
+        )
+    return None
+
+
+def seen_batch(seen: Observation) -> int:
+    first = seen.probs[0] if seen.probs else None
+    return int(first.shape[0]) if first is not None and seen.sites[0].mixes == "tokens" else 1
+
+
+# -- what the model's settings would give a user ----------------------------------------------------
+def _setting_diagnostics(model: nn.Module, blocks: Sequence[AttentionSite], prefix: str) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    fused = [s for s in blocks if s.kind == "sdpa"]
+    implementation = _attn_implementation(model)
+    if fused:
+        first = _named(prefix, fused[0].module)
+        owner = _owner_module(model, fused[0].module)
+        if implementation is not None:
+            major = _transformers_major()
+            empty = "an empty tuple ()" if major is None or major >= 5 else "None"
+            out.append(Diagnostic.of(
+                "HD501",
+                f"{first}{_more(fused)} run torch's scaled_dot_product_attention "
+                f"(config._attn_implementation={implementation!r}), which never materialises the attention "
+                "probabilities, so "
+                f"output_attentions=True returns {empty} and a rollout over it is all zeros or NaN.",
+                "Nothing to change: the spec captures the probabilities by computing "
+                "softmax(q·kᵀ·scale + mask) beside each scaled_dot_product_attention call, leaving the "
+                "model's outputs unchanged; for your own code, model.set_attn_implementation('eager') "
+                "makes output_attentions work.",
+                layer=first, method=_METHOD,
+            ))
+        elif owner is not None and getattr(owner, "fused_attn", False):
+            out.append(Diagnostic.of(
+                "HD501",
+                f"{first}{_more(fused)} have fused_attn=True and call scaled_dot_product_attention, which "
+                "never materialises the probabilities, so forward hooks on attn_drop fire zero times and a "
+                "rollout over what they collect is empty.",
+                "Nothing to change: the spec computes softmax(q·kᵀ·scale + mask) beside each call; for your "
+                "own hooks set m.fused_attn = False on every attention module (timm.layers.set_fused_attn "
+                "only affects models built afterwards).",
+                layer=first, method=_METHOD,
+            ))
+        else:
+            out.append(Diagnostic.of(
+                "HD501",
+                f"{first}{_more(fused)} compute attention with scaled_dot_product_attention, which never "
+                "materialises the probabilities, so hooks cannot read them.",
+                "Nothing to change: the spec computes softmax(q·kᵀ·scale + mask) beside each call.",
+                layer=first, method=_METHOD,
+            ))
+        out.extend(_misleading_settings(model, fused, prefix, implementation))
+    hidden = [s for s in blocks if s.kind == "mha" and not s.weights_requested]
+    if hidden:
+        first = _named(prefix, hidden[0].module)
+        out.append(Diagnostic.of(
+            "HD502",
+            f"{first}{_more(hidden)} (nn.MultiheadAttention) are called with need_weights=False, so a hook "
+            "on them gets None instead of attention weights (need_weights=True alone averages the heads).",
+            "Nothing to change: the spec's capture asks for need_weights=True, average_attn_weights=False "
+            "for the duration of its own call only.",
+            layer=first, method=_METHOD,
+        ))
+    return out
+
+
+def _misleading_settings(
+    model: nn.Module, fused: Sequence[AttentionSite], prefix: str, implementation: str | None
+) -> list[Diagnostic]:
+    """Settings that look as if they materialised attention while the modules still run fused."""
+    first = _named(prefix, fused[0].module)
+    claims: list[str] = []
+    config = getattr(model, "config", None)
+    if config is not None:
+        public = getattr(config, "__dict__", {}).get("attn_implementation")
+        if isinstance(public, str) and public != implementation:
+            claims.append(f"config.attn_implementation={public!r} (no underscore; transformers ignores it)")
+        if getattr(config, "output_attentions", False):
+            claims.append("config.output_attentions=True (does not switch the implementation)")
+        if implementation == "eager":
+            claims.append("config._attn_implementation='eager' (not propagated to these modules)")
+    try:
+        from timm.layers import config as timm_config
+
+        owners = [_owner_module(model, s.module) for s in fused]
+        still_fused = any(getattr(o, "fused_attn", False) for o in owners)
+        if not getattr(timm_config, "_USE_FUSED_ATTN", 1) and still_fused:
+            claims.append("timm.layers.set_fused_attn(False) (called after the model was built)")
+    except ImportError:
+        pass
+    if not claims:
+        return []
+    return [Diagnostic.of(
+        "HD503",
+        f"{'; '.join(claims)} suggests eager attention, but {first}{_more(fused)} still run fused "
+        "scaled_dot_product_attention when called.",
+        "Trust the effective setting: the spec captures either way; to switch for your own code use "
+        "model.set_attn_implementation('eager') (transformers) or m.fused_attn = False on each timm "
+        "attention module.",
+        layer=first, method=_METHOD,
+    )]
+
+
+# -- which rows the head reads -------------------------------------------------------------------
+def _read_rows(seen: Observation, blocks: Sequence[int]) -> tuple[torch.Tensor | None, list[bool]]:
+    """Gradient energy per query row of the last self-attention, and which captures are on the path."""
+    score = _score_tensor(seen.output)
+    probs = [seen.probs[i] for i in blocks]
+    on_path = [seen.on_path[i] and probs[k].requires_grad for k, i in enumerate(blocks)]
+    if score is None or not score.requires_grad or not all(on_path):
+        return None, on_path
+    mix = torch.randn(score.shape[1:], generator=torch.Generator().manual_seed(0)).to(score)
+    grads = torch.autograd.grad((score * mix).sum(), probs, allow_unused=True)
+    on_path = [g is not None for g in grads]
+    last = grads[-1]
+    if last is None:
+        return None, on_path
+    return last.abs().sum(dim=(0, 1, 3)), on_path
+
+
+def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str, tuple[int, ...]]:
+    if has_pool:
+        return "pool", ()
+    if rows is None or float(rows.max()) == 0.0:
+        return ("cls", (0,)) if prefix else ("mean", ())
+    active = [int(i) for i in torch.nonzero(rows > 1e-6 * rows.max()).flatten()]
+    if prefix and all(i < prefix for i in active):
+        return "cls", tuple(active)
+    return "mean", ()
+
+
+def analyse_attention(
+    model: nn.Module,
+    model_input: ModelInput,
+    *,
+    name_prefix: str = "",
+    prefix_hint: int | None = None,
+    observed_grids: Sequence[tuple[int, int]] = (),
+) -> tuple[AttentionSpec | None, list[Diagnostic]]:
+    """An AttentionSpec for ``model`` (already unwrapped) and what its settings would do to a user.
+
+    Refusals (window, channel, no or irregular attention) come back as one error
+    diagnostic and spec None. Layer names get ``name_prefix`` so they are valid on the
+    model the user passed.
+    """
+    image = model_input.image
+    probe_input = model_input.with_image(image.detach().clone().requires_grad_(True))
+    seen = observe(model, probe_input, grad=True)
+    diagnostics: list[Diagnostic] = []
+    if "_orig_mod" in name_prefix:
+        diagnostics.append(Diagnostic.of(
+            "HD511",
+            "The model is wrapped by torch.compile: hooks added to the compiled wrapper after its first call "
+            "would never fire.",
+            "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
+            method=_METHOD,
+        ))
+    refusal = _refusal(model, seen, name_prefix)
+    if refusal is not None:
+        return None, [refusal, *diagnostics]
+
+    block_index = [i for i, s in enumerate(seen.sites) if s.is_self_attention]
+    blocks = [seen.sites[i] for i in block_index]
+    last = seen.sites[-1]
+    tokens = blocks[0].key_tokens
+    pool = last if not last.is_self_attention and last.key_tokens == tokens else None
+    diagnostics.extend(_setting_diagnostics(model, blocks, name_prefix))
+
+    hint = prefix_hint if prefix_hint is not None else prefix_token_hint(model)
+    grids = [*observed_grids, *seen.grids]
+    candidates = token_candidates(tokens, model_input.image_hw, grids, hint)
+    if not candidates:
+        return None, [Diagnostic.of(
+            "HD513",
+            f"The attention of {_named(name_prefix, blocks[0].module)} runs over {tokens} tokens, which no "
+            f"patch grid of the {model_input.image_hw[0]}x{model_input.image_hw[1]} input explains.",
+            "Use Grad-CAM; if the model drops or shuffles tokens (ViTMAE masking), disable that first.",
+            layer=_named(name_prefix, blocks[0].module), method=_METHOD,
+        ), *diagnostics]
+    prefix, grid = candidates[0]
+
+    rows, on_path = _read_rows(seen, block_index)
+    query, query_tokens = _query(rows, prefix, pool is not None)
+    on_gradient_path = all(on_path)
+    first = _named(name_prefix, blocks[0].module)
+    if query != "cls":
+        reads = {
+            "mean": "the mean of the patch tokens",
+            "pool": f"the attention-pooling head {_named(name_prefix, pool.module) if pool else ''}",
+        }[query]
+        diagnostics.append(Diagnostic.of(
+            "HD504",
+            f"The head of {type(model).__name__} reads {reads}, not a CLS token, so rollout row 0 would "
+            "explain a patch or an unused token.",
+            f"Nothing to change: the spec takes the rollout query from {reads}.",
+            method=_METHOD,
+        ))
+    if prefix > 1:
+        diagnostics.append(Diagnostic.of(
+            "HD505",
+            f"The attention of {first} runs over {prefix} prefix tokens (CLS, distillation or registers) "
+            f"before the {grid[0]}x{grid[1]} patch grid, so slicing [1:] would keep {prefix - 1} of them.",
+            f"Nothing to change: the spec removes {prefix} prefix tokens before reshaping.",
+            layer=first, method=_METHOD,
+        ))
+    if model.training:
+        diagnostics.append(Diagnostic.of(
+            "HD509",
+            f"{type(model).__name__} is in training mode: attention dropout would make captured rows sum "
+            "to anything but 1.",
+            "Nothing to change: the spec's capture runs in eval mode and restores the mode afterwards.",
+            method=_METHOD,
+        ))
+    if not on_gradient_path:
+        off = next((blocks[k] for k, ok in enumerate(on_path) if not ok), blocks[0])
+        diagnostics.append(Diagnostic.of(
+            "HD510",
+            f"The attention captured from {_named(name_prefix, off.module)} is returned beside the value "
+            "product, not on the gradient path, so gradient-weighted rollout (Chefer, LeGrad) gets no "
+            "gradient.",
+            "Plain rollout works; for gradient-weighted variants recompute A @ V from the captured "
+            "attention (as torchcam's LeGrad does).",
+            layer=_named(name_prefix, off.module), method=_METHOD,
+        ))
+    spec = AttentionSpec(
+        layer_names=tuple(dict.fromkeys(_named(name_prefix, s.module) for s in blocks)),
+        prefix_tokens=prefix,
+        grid=grid,
+        query=query,
+        query_tokens=query_tokens,
+        pool_layer=_named(name_prefix, pool.module) if pool else None,
+        on_gradient_path=on_gradient_path,
+        heads=tuple(s.heads for s in blocks),
+        tokens=tokens,
+        kinds=tuple(s.kind for s in blocks),
+        image_hw=model_input.image_hw,
+        name_prefix=name_prefix,
+    )
+    return spec, diagnostics
