@@ -43,7 +43,8 @@ def _build(name: str) -> torch.nn.Module:
     if name == "deit":
         return transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**SMALL))
     if name == "beit":
-        return transformers.BeitForImageClassification(transformers.BeitConfig(**SMALL, use_mean_pooling=True))
+        config = transformers.BeitConfig(**SMALL, use_mean_pooling=True)
+        return transformers.BeitForImageClassification(config)
     if name == "dinov2":
         return transformers.Dinov2Model(transformers.Dinov2Config(**SMALL))
     if name == "dinov2_registers":
@@ -75,7 +76,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "layers", "prefix", "query", "query_tokens"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "layers", "prefix", "query", "query_tokens"), CASES, ids=[c[0] for c in CASES]
+)
 def test_sdpa_capture_equals_eager_and_rolls_out(name, layers, prefix, query, query_tokens):
     model = _build(name).eval()
     assert model.config._attn_implementation == "sdpa"
