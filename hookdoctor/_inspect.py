@@ -179,6 +179,7 @@ class _GradCAMAnalysis:
             observed_grids=observed_grids(probe),
         )
         self.judgements = {name: judge(record, self.context) for name, record in probe.records.items()}
+        self.negative_evidence: list[str] = []
 
     # -- model-level findings -------------------------------------------------------------
     def model_diagnostics(self) -> list[Diagnostic]:
@@ -242,13 +243,20 @@ class _GradCAMAnalysis:
         return min(group, key=lambda j: j.call.order)
 
     def _confirm(self, j: Judgement) -> Layout | None:
-        """The first layout of ``j`` whose cells line up with the input and whose map works."""
+        """The first layout of ``j`` whose cells line up with the input and whose map works.
+
+        A layout that lines up but whose map is empty only because the class has negative
+        evidence there is remembered in ``self.negative_evidence`` for a warning.
+        """
         call = j.call
         for layout in j.layouts:
             if not lines_up(call.tensor, self.probe.image, layout):
                 continue
             if is_working_map(gradcam_map(call.tensor, call.grad, layout)):
                 return layout
+            if is_working_map(gradcam_map(call.tensor, -call.grad, layout)):
+                self.negative_evidence.append(j.name)
+                return None
         return None
 
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
@@ -278,14 +286,27 @@ class _GradCAMAnalysis:
                     "receives gradient from the score at every image cell and is not rewritten in place",
                 )
                 spec, notes = self._spec(choice, layout, reasons)
-                return spec, found + notes
+                return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
             attempts += 1
             if attempts >= _MAX_TRIES:
                 break
+        found += self._negative_evidence_notes(None)
         found.append(Diagnostic.of(
             "HD203", "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
             "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM))
         return None, found
+
+    def _negative_evidence_notes(self, chosen: str | None) -> list[Diagnostic]:
+        target = int(self.probe.score.target[0])
+        instead = f"; the spec uses `{chosen}` instead" if chosen else ""
+        return [
+            Diagnostic.of(
+                "HD204", f"Grad-CAM at `{name}` is all zeros for class {target}: the layer holds only negative "
+                f"evidence for it{instead}.",
+                "Explain the predicted class or the negative score, or read the signed map; "
+                "hookdoctor explain HD204.", layer=name, method=GRADCAM)
+            for name in self.negative_evidence
+        ]
 
     def _spec(self, j: Judgement, layout: Layout, reasons: tuple[str, ...]) -> tuple[GradCAMSpec, list[Diagnostic]]:
         score = self.probe.score

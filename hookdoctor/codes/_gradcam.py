@@ -161,6 +161,19 @@ Check the findings for the layers you expected to work; if the model's score doe
 depend on the image (a zero head, a constant output), fix that first.""",
     ),
     Code(
+        "HD204", "negative-evidence-only", _GRAD, "warning",
+        "At this layer the explained class has only negative evidence: Grad-CAM's ReLU leaves nothing.",
+        """Grad-CAM keeps the positive part of `sum_c w_c A_c`. When every cell of that sum is
+negative for the explained class - a class the model scores low, a single-logit binary
+model explained as "class 0", or random weights - the map is exactly zero after the ReLU,
+and pytorch-grad-cam shows a black image. The layer itself is fine.
+
+Explain the class the model predicts, explain the negative score
+(`BinaryClassifierOutputTarget(0)` for a single-logit model), or look at the signed map
+(Captum: `relu_attributions=False`). hookdoctor recommends the next layer whose map is
+not empty for this class and says so.""",
+    ),
+    Code(
         "HD301", "token-layout", _LAYOUT, "info",
         "The layer's output is a token sequence [B, T, C], which needs a reshape to [B, C, H, W].",
         """Grad-CAM needs channels in dim 1 and the image grid in dims 2 and 3. Given
