@@ -80,42 +80,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     inspect.add_argument(
-        "--input-shape", metavar="B,C,H,W", type=_parse_shape,
+        "--input-shape",
+        metavar="B,C,H,W",
+        type=_parse_shape,
         help="shape of the random example input (default: inferred from the model)",
     )
     inspect.add_argument(
-        "--method", metavar="METHOD", action="append", type=_parse_methods,
+        "--method",
+        metavar="METHOD",
+        action="append",
+        type=_parse_methods,
         help="gradcam, rollout or all (default: all); repeat or comma-separate for several",
     )
-    inspect.add_argument("--layer", metavar="NAME", help="a layer (dotted module name) to judge as a Grad-CAM target")
-    inspect.add_argument("--target", metavar="CLASS", type=int, help="class index to explain (default: top class)")
-    inspect.add_argument("--json", action="store_true", help="print report.to_dict() as JSON on stdout, nothing else")
+    inspect.add_argument(
+        "--layer", metavar="NAME", help="a layer (dotted module name) to judge as a Grad-CAM target"
+    )
+    inspect.add_argument(
+        "--target", metavar="CLASS", type=int, help="class index to explain (default: top class)"
+    )
+    inspect.add_argument(
+        "--json", action="store_true", help="print report.to_dict() as JSON on stdout, nothing else"
+    )
     inspect.add_argument("--strict", action="store_true", help="count warnings as failures (exit 1)")
-    inspect.add_argument("--tree", action="store_true",
-                         help="add the module tree with each layer's layout and verdict, and a torchinfo summary")
-    inspect.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
-                         help="library the pasted spec is written for (default: pytorch-grad-cam)")
+    inspect.add_argument(
+        "--tree",
+        action="store_true",
+        help="add the module tree with each layer's layout and verdict, and a torchinfo summary",
+    )
+    inspect.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=BACKENDS[0],
+        help="library the pasted spec is written for (default: pytorch-grad-cam)",
+    )
     loading = inspect.add_argument_group("loading")
-    loading.add_argument("--pretrained", action="store_true",
-                         help="load trained weights from the local cache (default: random weights)")
-    loading.add_argument("--allow-download", action="store_true",
-                         help="let timm / transformers / torchvision download configs and weights")
-    loading.add_argument("--trust-pickle", action="store_true",
-                         help="unpickle a whole nn.Module from a .pt file (runs code from the file)")
-    loading.add_argument("--trust-remote-code", action="store_true",
-                         help="run a Hugging Face repository's own model code")
+    loading.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load trained weights from the local cache (default: random weights)",
+    )
+    loading.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let timm / transformers / torchvision download configs and weights",
+    )
+    loading.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle a whole nn.Module from a .pt file (runs code from the file)",
+    )
+    loading.add_argument(
+        "--trust-remote-code", action="store_true", help="run a Hugging Face repository's own model code"
+    )
     inspect.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     inspect.set_defaults(handler=_run_inspect)
 
-    explain = commands.add_parser("explain", help="print the long explanation of a diagnostic code",
-                                  description="Print the long explanation of a diagnostic code.")
+    explain = commands.add_parser(
+        "explain",
+        help="print the long explanation of a diagnostic code",
+        description="Print the long explanation of a diagnostic code.",
+    )
     explain.add_argument("code", metavar="CODE", help="a diagnostic code, e.g. HD201")
     explain.add_argument("--json", action="store_true", help="print the code's registry entry as JSON")
     explain.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     explain.set_defaults(handler=_run_explain)
 
-    codes = commands.add_parser("codes", help="list every diagnostic code",
-                                description="List every diagnostic code.")
+    codes = commands.add_parser(
+        "codes", help="list every diagnostic code", description="List every diagnostic code."
+    )
     codes.add_argument("--json", action="store_true", help="print the registry as a JSON list")
     codes.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     codes.set_defaults(handler=_run_codes)
@@ -243,14 +275,19 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
-        from hookdoctor.render import render_report
+        from hookdoctor.render import CodeText, render_report
 
         console = _console(stdout)
         for renderable in render_report(
-            report, console=console, backend=args.backend, tree=args.tree, model_summary=summary,
+            report,
+            console=console,
+            backend=args.backend,
+            tree=args.tree,
+            model_summary=summary,
             source=args.model,
         ):
-            console.print(renderable)
+            # Code to paste keeps its lines whole on a narrow terminal.
+            console.print(renderable, soft_wrap=isinstance(renderable, CodeText))
     return exit_code(report, strict=args.strict)
 
 
@@ -287,14 +324,18 @@ def _load_and_inspect(args: argparse.Namespace, methods: tuple[str, ...]) -> tup
     input_shape = args.input_shape or loaded.input_shape
     with progress(f"Probing {type(loaded.model).__name__} (one forward and backward pass)"):
         report = hookdoctor.inspect(
-            loaded.model, input_shape=input_shape, target=args.target, methods=methods, layer=args.layer,
+            loaded.model,
+            input_shape=input_shape,
+            target=args.target,
+            methods=methods,
+            layer=args.layer,
         )
     return report, loaded.model
 
 
 def _model_summary(model: Any, report: Report) -> Any:
     from hookdoctor._progress import progress
-    from hookdoctor.render import summarize_model
+    from hookdoctor._summary import summarize_model
 
     with progress("Counting parameters and mult-adds (torchinfo)"):
         return summarize_model(model, report.input_shape)

@@ -90,8 +90,10 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
             f"MODEL {spec!r} is a file hookdoctor cannot load: it is neither a .pt/.pth file nor a "
             f"Python file with a factory. {_FORMS_HINT}"
         )
-    raise ModelLoadError(f"MODEL {spec!r} does not exist as a file or folder and names no known source. "
-                         f"{_did_you_mean_source(spec)}{_FORMS_HINT}")
+    raise ModelLoadError(
+        f"MODEL {spec!r} does not exist as a file or folder and names no known source. "
+        f"{_did_you_mean_source(spec)}{_FORMS_HINT}"
+    )
 
 
 _FORMS_HINT = (
@@ -151,7 +153,8 @@ def _torchscript_message(source: str) -> str:
     return (
         f"{source} is a TorchScript module: its forward runs as a compiled graph, so Python hooks never "
         "fire and neither Grad-CAM nor attention capture can work on it. Point hookdoctor at the eager "
-        "nn.Module it was scripted or traced from (a file.py:FACTORY that builds it, or torchvision:/timm:/hf:)."
+        "nn.Module it was scripted or traced from (a file.py:FACTORY that builds it, or "
+        "torchvision:/timm:/hf:)."
     )
 
 
@@ -164,7 +167,7 @@ def _load_torchvision(name: str, options: LoadOptions) -> LoadedModel:
     if name not in available:
         raise ModelLoadError(
             f"torchvision has no model named {name!r}.{_close(name, available)} "
-            "`python -c \"import torchvision; print(torchvision.models.list_models())\"` lists them."
+            '`python -c "import torchvision; print(torchvision.models.list_models())"` lists them.'
         )
     weights = None
     if options.pretrained:
@@ -205,7 +208,8 @@ def _load_timm(name: str, options: LoadOptions) -> LoadedModel:
             raise
         raise ModelLoadError(
             f"The pretrained weights of timm:{name} could not be loaded ({_first_line(exc)}). They are "
-            "fetched only with --allow-download; or drop --pretrained: structure checks work on random weights."
+            "fetched only with --allow-download; or drop --pretrained: structure checks work on random "
+            "weights."
         ) from exc
     return LoadedModel(model.eval(), f"timm:{name}", "timm")
 
@@ -270,7 +274,8 @@ def _load_hf(model_id: str, options: LoadOptions, *, source: str) -> LoadedModel
         except OSError as exc:
             raise ModelLoadError(
                 f"The weights of {source} are not available locally ({_first_line(exc)}). Add "
-                "--allow-download to fetch them, or drop --pretrained: structure checks work on random weights."
+                "--allow-download to fetch them, or drop --pretrained: structure checks work on random "
+                "weights."
             ) from exc
         return LoadedModel(model.eval(), source, "hf")
     raise ModelLoadError(
@@ -292,7 +297,8 @@ def _hf_config_problem(model_id: str, source: str, exc: Exception, options: Load
     if Path(model_id).is_dir():
         return (
             f"The config.json in {source} could not be read by transformers ({_first_line(exc)}). Check "
-            "that it was written by save_pretrained and that transformers is recent enough for its model_type."
+            "that it was written by save_pretrained and that transformers is recent enough for its "
+            "model_type."
         )
     if not options.allow_download:
         return (
@@ -348,7 +354,9 @@ def _is_torchscript_archive(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())
+        return any(
+            name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist()
+        )
 
 
 def _is_weights_only_refusal(exc: Exception) -> bool:
@@ -387,7 +395,9 @@ def _load_factory_file(path: Path, factory: str, source: str) -> LoadedModel:
     module_name = f"_hookdoctor_factory_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ModelLoadError(f"{path} cannot be imported as a Python file. Check that it is a .py source file.")
+        raise ModelLoadError(
+            f"{path} cannot be imported as a Python file. Check that it is a .py source file."
+        )
     module = importlib.util.module_from_spec(spec)
     # The file's own folder first on sys.path, so it can import its neighbours as `python file.py` would.
     sys.path.insert(0, str(path.resolve().parent))
@@ -397,7 +407,8 @@ def _load_factory_file(path: Path, factory: str, source: str) -> LoadedModel:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ModelLoadError(
-            f"Importing {path} raised {_describe(exc)}. Fix the file so that `python {path}` runs, then rerun."
+            f"Importing {path} raised {_describe(exc)}. Fix the file so that `python {path}` runs, "
+            "then rerun."
         ) from exc
     finally:
         sys.path.remove(str(path.resolve().parent))
@@ -410,12 +421,17 @@ def _load_factory_module(module_path: str, factory: str, source: str) -> LoadedM
     except ModuleNotFoundError as exc:
         if exc.name and module_path.startswith(exc.name):
             raise ModelLoadError(
-                f"No module named {module_path!r} can be imported (from {Path.cwd()}). Install the package, run "
+                f"No module named {module_path!r} can be imported (from {Path.cwd()}). Install the "
+                "package, run "
                 "from the folder that holds it, or give the file instead: path/to/file.py:FACTORY."
             ) from exc
-        raise ModelLoadError(f"Importing {module_path} raised {_describe(exc)}. Install what it needs.") from exc
+        raise ModelLoadError(
+            f"Importing {module_path} raised {_describe(exc)}. Install what it needs."
+        ) from exc
     except Exception as exc:
-        raise ModelLoadError(f"Importing {module_path} raised {_describe(exc)}. Fix the module, then rerun.") from exc
+        raise ModelLoadError(
+            f"Importing {module_path} raised {_describe(exc)}. Fix the module, then rerun."
+        ) from exc
     return _call_factory(module, factory, source)
 
 

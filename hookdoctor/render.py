@@ -1,0 +1,482 @@
+"""The terminal report: a verdict per method, the findings, the spec to paste.
+
+Shaped like ``flutter doctor`` and ``rustc``: one ``[✓]`` / ``[!]`` / ``[✗]`` line per
+requested method (and per ``--layer``), then the findings grouped by family, each with
+its code, layer, cause, fix and an ``hookdoctor explain CODE`` pointer, then the
+syntax-highlighted spec. Findings repeated over a stack of blocks are collapsed by
+structure (``blocks.{0..11}.attn``).
+
+Everything here yields rich renderables; rich itself decides on colour (off for pipes,
+files and ``NO_COLOR``), so the same code gives the plain-text report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group, RenderableType
+from rich.rule import Rule
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from hookdoctor import codes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from hookdoctor._summary import ModelSummary
+    from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
+
+METHOD_TITLES = {"gradcam": "Grad-CAM", "rollout": "attention rollout"}
+SEVERITY_STYLES = {"error": "bold red", "warning": "bold yellow", "info": "bold cyan"}
+# rustc calls its informational diagnostics "note"; hookdoctor keeps the registry's word.
+MARKS = {"ok": ("[✓]", "bold green"), "warn": ("[!]", "bold yellow"), "fail": ("[✗]", "bold red")}
+_CODE_THEME = "ansi_dark"
+
+
+def render_report(
+    report: Report,
+    console: Console | None = None,
+    *,
+    backend: str = "pytorch-grad-cam",
+    tree: bool = False,
+    model_summary: ModelSummary | None = None,
+    source: str | None = None,
+) -> Iterator[RenderableType]:
+    """Yield the report's sections in reading order; ``console`` is accepted for rich's protocol."""
+    yield _header(report, source)
+    yield _verdicts(report)
+    findings = list(_findings(report))
+    if findings:
+        yield Text()
+        yield from findings
+    yield from _specs(report, backend)
+    if tree:
+        yield Text()
+        yield Rule("module tree", align="left", style="dim")
+        yield module_tree(report.model_class, report.layers)
+        if model_summary is not None:
+            yield Text()
+            yield summary_table(model_summary)
+    yield Text()
+    yield environment_block(report.environment)
+
+
+# --- header and verdicts ------------------------------------------------------------------------
+
+
+def _header(report: Report, source: str | None) -> Text:
+    text = Text()
+    text.append(report.model_class, style="bold")
+    if source:
+        text.append(f" ({source})")
+    text.append(f" · input {'×'.join(str(s) for s in report.input_shape)}")
+    if report.target is not None:
+        text.append(f" · explaining class {report.target}")
+    return text
+
+
+def _verdicts(report: Report) -> Table:
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for method in report.methods:
+        spec = report.gradcam if method == "gradcam" else report.rollout
+        mine = [d for d in report.diagnostics if d.method == method]
+        if spec is None:
+            reason = _first(mine, "error") or _first(report.diagnostics, "error")
+            detail = _reason_text(reason) if reason else Text("no working spec")
+            table.add_row(_mark("fail"), Text(METHOD_TITLES.get(method, method), style="bold"), detail)
+        else:
+            state = "warn" if any(d.severity == "warning" for d in mine) else "ok"
+            table.add_row(
+                _mark(state), Text(METHOD_TITLES.get(method, method), style="bold"), _spec_summary(spec)
+            )
+    for name, verdict in report.layer_verdicts.items():
+        table.add_row(*_layer_verdict_row(name, verdict))
+    return table
+
+
+def _layer_verdict_row(name: str, verdict: LayerVerdict) -> tuple[Text, Text, Text]:
+    label = Text(f"layer {name}", style="bold")
+    if verdict.usable:
+        detail = Text("usable as a Grad-CAM target")
+        if verdict.layout:
+            detail.append(f" ({_layout_words(verdict.layout, verdict.grid, verdict.prefix_tokens)})")
+        return _mark("ok"), label, detail
+    reason = _first(verdict.diagnostics, "error") or (verdict.diagnostics[0] if verdict.diagnostics else None)
+    detail = _reason_text(reason) if reason else Text("not usable")
+    if verdict.suggestions:
+        detail.append(f" (did you mean {', '.join(verdict.suggestions)}?)")
+    return _mark("fail"), label, detail
+
+
+def _mark(state: str) -> Text:
+    symbol, style = MARKS[state]
+    return Text(symbol, style=style)
+
+
+def _first(diagnostics: Iterable[Diagnostic], severity: str) -> Diagnostic | None:
+    return next((d for d in diagnostics if d.severity == severity), None)
+
+
+def _reason_text(diagnostic: Diagnostic) -> Text:
+    text = Text(f"{diagnostic.code} ", style=SEVERITY_STYLES[diagnostic.severity])
+    text.append(codes.get(diagnostic.code).title)
+    return text
+
+
+def _spec_summary(spec: Any) -> Text:
+    """One line: the layer (or layers) and how its output maps onto the image."""
+    text = Text()
+    layer_name = getattr(spec, "layer_name", None)
+    layer_names = getattr(spec, "layer_names", None)
+    if layer_name:
+        text.append(layer_name, style="bold")
+    elif layer_names:
+        text.append(
+            collapse_names(list(layer_names))[0]
+            if len(collapse_names(list(layer_names))) == 1
+            else f"{len(layer_names)} attention layers",
+            style="bold",
+        )
+    layout = getattr(spec, "layout", None)
+    kind = getattr(layout, "kind", None)
+    prefix = getattr(spec, "prefix_tokens", getattr(layout, "prefix_tokens", None))
+    words = _layout_words(kind, getattr(spec, "grid", None), prefix)
+    if words:
+        text.append(f" · {words}")
+    return text
+
+
+def _layout_words(kind: str | None, grid: Sequence[int] | None, prefix: int | None) -> str:
+    parts = [kind] if kind else []
+    if grid:
+        parts.append(f"{grid[0]}×{grid[1]} grid")
+    if prefix:
+        parts.append(f"{prefix} prefix token{'s' if prefix != 1 else ''}")
+    return ", ".join(parts)
+
+
+# --- findings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Diagnostics that differ only by the block they were found in, shown once."""
+
+    code: str
+    severity: str
+    layers: tuple[str, ...]
+    message: str
+    fix: str
+
+    @property
+    def where(self) -> str | None:
+        return ", ".join(collapse_names(list(self.layers))) if self.layers else None
+
+
+def _all_diagnostics(report: Report) -> list[Diagnostic]:
+    seen = {(d.code, d.layer, d.message) for d in report.diagnostics}
+    extra = [
+        d
+        for v in report.layer_verdicts.values()
+        for d in v.diagnostics
+        if (d.code, d.layer, d.message) not in seen
+    ]
+    return list(report.diagnostics) + extra
+
+
+def group_findings(diagnostics: Sequence[Diagnostic]) -> list[Finding]:
+    """Collapse diagnostics with the same code, message and fix once their layer's indices are masked."""
+    groups: dict[tuple[str, ...], list[Diagnostic]] = {}
+    for d in diagnostics:
+        groups.setdefault(_structure_key(d), []).append(d)
+    findings = []
+    for members in groups.values():
+        first = members[0]
+        layers = tuple(dict.fromkeys(d.layer for d in members if d.layer))
+        where = ", ".join(collapse_names(list(layers))) if layers else None
+        message, fix = first.message, first.fix
+        if len(layers) > 1 and where is not None and first.layer:
+            message, fix = message.replace(first.layer, where), fix.replace(first.layer, where)
+        findings.append(Finding(first.code, first.severity, layers, message, fix))
+    return findings
+
+
+def _structure_key(d: Diagnostic) -> tuple[str, ...]:
+    if not d.layer:
+        return (d.code, d.severity, "", d.message, d.fix)
+    masked = _mask_indices(d.layer)
+    return (d.code, d.severity, masked, d.message.replace(d.layer, "\0"), d.fix.replace(d.layer, "\0"))
+
+
+def _mask_indices(name: str) -> str:
+    return ".".join("#" if part.isdigit() else part for part in name.split("."))
+
+
+def collapse_names(names: list[str]) -> list[str]:
+    """``blocks.0.attn`` ... ``blocks.11.attn`` -> ``["blocks.{0..11}.attn"]``.
+
+    Names collapse into one pattern only when they are exactly the product of the indices
+    that vary, so a pattern never claims a layer that is not in the list.
+    """
+    names = list(dict.fromkeys(names))
+    if len(names) <= 1:
+        return names
+    by_shape: dict[str, list[str]] = {}
+    for name in names:
+        by_shape.setdefault(_mask_indices(name), []).append(name)
+    if len(by_shape) > 1:
+        return [pattern for group in by_shape.values() for pattern in collapse_names(group)]
+    parts = [name.split(".") for name in names]
+    varying = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
+    values = {i: sorted({int(p[i]) for p in parts}) for i in varying}
+    product = 1
+    for i in varying:
+        product *= len(values[i])
+    if product == len(names):
+        template = list(parts[0])
+        for i in varying:
+            template[i] = "{" + _index_set(values[i]) + "}"
+        return [".".join(template)]
+    # Ragged (stage 0 has 2 blocks, stage 1 has 6): split on the first varying index and retry.
+    first = varying[0]
+    split: dict[str, list[str]] = {}
+    for name, p in zip(names, parts, strict=True):
+        split.setdefault(p[first], []).append(name)
+    return [pattern for group in split.values() for pattern in collapse_names(group)]
+
+
+def _index_set(values: list[int]) -> str:
+    """[0, 1, 2, 3, 7] -> '0..3,7'."""
+    runs: list[str] = []
+    start = prev = values[0]
+    for v in values[1:] + [None]:  # type: ignore[list-item]
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        runs.append(
+            f"{start}..{prev}" if prev - start >= 2 else ",".join(str(x) for x in range(start, prev + 1))
+        )
+        if v is not None:
+            start = prev = v
+    return ",".join(runs)
+
+
+def _findings(report: Report) -> Iterator[RenderableType]:
+    findings = group_findings(_all_diagnostics(report))
+    by_family: dict[str, list[Finding]] = {}
+    for f in sorted(findings, key=lambda f: (codes.SEVERITY_ORDER[f.severity], f.code)):
+        by_family.setdefault(codes.get(f.code).family, []).append(f)
+    for family, members in by_family.items():
+        yield Rule(family, align="left", style="dim")
+        for finding in members:
+            yield render_finding(finding)
+
+
+def render_finding(finding: Finding) -> RenderableType:
+    """rustc style: ``error[HD201]: title``, ``--> layer``, then cause, fix and the pointer."""
+    head = Text()
+    head.append(f"{finding.severity}[{finding.code}]", style=SEVERITY_STYLES[finding.severity])
+    head.append(f": {codes.get(finding.code).title}", style="bold")
+    body = Table.grid(padding=(0, 1))
+    body.add_column(no_wrap=True, style="dim", justify="right")
+    body.add_column()
+    if finding.where:
+        body.add_row("-->", Text(finding.where, style="bold"))
+    body.add_row("cause", Text(finding.message))
+    body.add_row("fix", Text(finding.fix))
+    body.add_row("see", Text(f"hookdoctor explain {finding.code}", style="italic"))
+    indented = Table.grid(padding=(0, 0, 0, 2))
+    indented.add_column()
+    indented.add_row(body)
+    return Group(head, indented)
+
+
+# --- specs --------------------------------------------------------------------------------------
+
+
+def _specs(report: Report, backend: str) -> Iterator[RenderableType]:
+    if "gradcam" in report.methods and report.gradcam is not None:
+        yield Text()
+        yield Rule(f"Grad-CAM spec for {backend} — paste this", align="left", style="green")
+        yield _code(report.gradcam.code(backend))
+    if "rollout" in report.methods and report.rollout is not None:
+        snippet = _rollout_code(report.rollout)
+        yield Text()
+        yield Rule("attention rollout spec — paste this", align="left", style="green")
+        yield _code(snippet)
+
+
+def _rollout_code(spec: Any) -> str:
+    code = getattr(spec, "code", None)
+    if callable(code):
+        return str(code())
+    # AttentionSpec without its own snippet: the public API is the snippet.
+    return (
+        "import hookdoctor\n\n"
+        "report = hookdoctor.inspect(model, x, methods=('rollout',))\n"
+        "attentions = report.rollout.capture(model, x)  # per layer [B, heads, T, T], rows sum to 1\n"
+        "heatmap = report.rollout.rollout(model, x)     # [B, H, W] over the "
+        f"{spec.grid[0]}x{spec.grid[1]} patch grid\n"
+    )
+
+
+class CodeText(Text):
+    """A snippet to paste: print it with ``soft_wrap=True`` so it is neither wrapped nor cropped."""
+
+
+def _code(source: str) -> CodeText:
+    highlighted = Syntax(source, "python", theme=_CODE_THEME).highlight(source.rstrip("\n"))
+    code = CodeText(no_wrap=True, overflow="ignore")
+    code.append_text(highlighted)
+    code.rstrip()
+    return code
+
+
+# --- tree, summary, environment -----------------------------------------------------------------
+
+
+@dataclass
+class _TreeNode:
+    short: str
+    layer: LayerSummary | None
+    children: list[_TreeNode]
+
+    def signature(self) -> tuple[Any, ...]:
+        """What the node shows, its own index aside: equal signatures collapse into one line."""
+        label = _tree_label(self.layer, "").plain if self.layer else ""
+        own = label.replace(f" {self.short} ", " # ", 1) if self.short.isdigit() else label
+        return (own, tuple(c.signature() for c in self.children))
+
+
+def module_tree(model_class: str, layers: Sequence[LayerSummary]) -> Tree:
+    """The module tree with each layer's type, layout, grid and verdict.
+
+    Identical consecutive blocks (same types, layouts and verdicts all the way down) are shown
+    once as ``{0..4}``, so a 24-block model fits on a screen.
+    """
+    root = _TreeNode("", None, [])
+    nodes: dict[str, _TreeNode] = {"": root}
+    for layer in layers:
+        parent = layer.name.rpartition(".")[0]
+        while parent and parent not in nodes:
+            parent = parent.rpartition(".")[0]
+        short = layer.name[len(parent) + 1 :] if parent else layer.name
+        node = _TreeNode(short, layer, [])
+        nodes[parent].children.append(node)
+        nodes[layer.name] = node
+    tree = Tree(Text(model_class, style="bold"), guide_style="dim")
+    _add_children(tree, root.children)
+    return tree
+
+
+def _add_children(tree: Tree, children: list[_TreeNode]) -> None:
+    i = 0
+    while i < len(children):
+        node = children[i]
+        run = [node]
+        if node.short.isdigit():
+            while (
+                i + len(run) < len(children)
+                and children[i + len(run)].short.isdigit()
+                and children[i + len(run)].signature() == node.signature()
+            ):
+                run.append(children[i + len(run)])
+        short = node.short if len(run) == 1 else "{" + _index_set([int(n.short) for n in run]) + "}"
+        assert node.layer is not None
+        branch = tree.add(_tree_label(node.layer, short_override=short))
+        _add_children(branch, node.children)
+        i += len(run)
+
+
+def _tree_label(layer: LayerSummary, parent: str = "", *, short_override: str | None = None) -> Text:
+    short = (
+        short_override
+        if short_override is not None
+        else (layer.name[len(parent) + 1 :] if parent else layer.name.rpartition(".")[2])
+    )
+    text = Text()
+    if layer.usable is True:
+        text.append("✓ ", style="green")
+    elif layer.usable is False:
+        text.append("✗ ", style="red")
+    else:
+        text.append("· ", style="dim")
+    text.append(short, style="bold")
+    text.append(f" {layer.type}", style="dim")
+    layout = _layout_words(layer.layout, layer.grid, None)
+    if layout:
+        text.append(f" {layout}")
+    if layer.calls != 1:
+        text.append(f" called {layer.calls}×", style="yellow")
+    if layer.codes:
+        text.append(" " + " ".join(layer.codes), style="yellow")
+    return text
+
+
+def summary_table(summary: ModelSummary) -> Table:
+    """Parameters and mult-adds per stage, as counted by torchinfo."""
+    table = Table(
+        title="parameters and mult-adds per stage (torchinfo)",
+        title_justify="left",
+        box=None,
+        header_style="bold",
+        pad_edge=False,
+    )
+    table.add_column("stage")
+    table.add_column("type")
+    table.add_column("output", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("mult-adds", justify="right")
+    for row in summary.rows:
+        table.add_row(row.name, row.type, row.output, f"{row.params:,}", _human(row.mult_adds))
+    table.add_row(
+        Text("total", style="bold"), "", "", f"{summary.total_params:,}", _human(summary.total_mult_adds)
+    )
+    return table
+
+
+def _human(count: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return str(count)
+
+
+_PACKAGES = ("torch", "transformers", "timm", "torchvision", "python")
+
+
+def environment_block(environment: dict[str, Any]) -> Text:
+    """Versions on one line, attention settings on the next; packages that are absent are skipped."""
+    text = Text()
+    text.append("environment ", style="bold")
+    versions = [f"{name} {environment[name]}" for name in _PACKAGES if environment.get(name)]
+    text.append(" · ".join(versions))
+    rest = {k: v for k, v in environment.items() if k not in _PACKAGES and v not in (None, {}, [])}
+    implementation = rest.pop("attn_implementation", None)
+    fused = rest.pop("fused_attention", None)
+    attention = []
+    if implementation:
+        attention.append(f"attention implementation {_env_value(implementation)}")
+    if fused:
+        attention.append(f"fused-attention switches {_env_value(fused)}")
+    attention.extend(f"{key} {_env_value(value)}" for key, value in rest.items())
+    if attention:
+        text.append("\n            " + " · ".join(attention))
+    return text
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, dict):
+        # counts (fused_attn switches per module class) read as "Attention.fused_attn=True ×12"
+        return ", ".join(f"{k} ×{v}" if type(v) is int else f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
