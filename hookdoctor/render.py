@@ -80,45 +80,48 @@ def _header(report: Report, source: str | None) -> Text:
     return text
 
 
-def _verdicts(report: Report) -> Table:
-    table = Table.grid(padding=(0, 1))
-    table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True)
-    table.add_column()
+def _verdicts(report: Report) -> Group:
+    """One line per check, as in flutter doctor; the findings below say it in full."""
+    rows: list[tuple[str, str, Text]] = []
     for method in report.methods:
         spec = report.gradcam if method == "gradcam" else report.rollout
+        title = METHOD_TITLES.get(method, method)
         mine = [d for d in report.diagnostics if d.method == method]
         if spec is None:
-            reason = _first(mine, "error") or _first(report.diagnostics, "error")
-            detail = _reason_text(reason) if reason else Text("no working spec")
-            table.add_row(_mark("fail"), Text(METHOD_TITLES.get(method, method), style="bold"), detail)
+            general = [d for d in report.diagnostics if d.method is None]
+            reason = _first(mine, "error") or _first(general, "error")
+            rows.append(("fail", title, _reason_text(reason) if reason else Text("no working spec")))
         else:
             state = "warn" if any(d.severity == "warning" for d in mine) else "ok"
-            table.add_row(
-                _mark(state), Text(METHOD_TITLES.get(method, method), style="bold"), _spec_summary(spec)
-            )
+            rows.append((state, title, _spec_summary(spec)))
     for name, verdict in report.layer_verdicts.items():
-        table.add_row(*_layer_verdict_row(name, verdict))
-    return table
+        rows.append(_layer_verdict_row(name, verdict))
+    width = max((len(title) for _, title, _ in rows), default=0)
+    lines = []
+    for state, title, detail in rows:
+        symbol, style = MARKS[state]
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(symbol, style=style)
+        line.append(" ")
+        line.append(title.ljust(width), style="bold")
+        line.append(" ")
+        line.append_text(detail)
+        lines.append(line)
+    return Group(*lines)
 
 
-def _layer_verdict_row(name: str, verdict: LayerVerdict) -> tuple[Text, Text, Text]:
-    label = Text(f"layer {name}", style="bold")
+def _layer_verdict_row(name: str, verdict: LayerVerdict) -> tuple[str, str, Text]:
+    title = f"layer {name}"
     if verdict.usable:
         detail = Text("usable as a Grad-CAM target")
         if verdict.layout:
             detail.append(f" ({_layout_words(verdict.layout, verdict.grid, verdict.prefix_tokens)})")
-        return _mark("ok"), label, detail
+        return "ok", title, detail
     reason = _first(verdict.diagnostics, "error") or (verdict.diagnostics[0] if verdict.diagnostics else None)
     detail = _reason_text(reason) if reason else Text("not usable")
     if verdict.suggestions:
-        detail.append(f" (did you mean {', '.join(verdict.suggestions)}?)")
-    return _mark("fail"), label, detail
-
-
-def _mark(state: str) -> Text:
-    symbol, style = MARKS[state]
-    return Text(symbol, style=style)
+        detail = Text(f"did you mean {', '.join(verdict.suggestions)}? ").append_text(detail)
+    return "fail", title, detail
 
 
 def _first(diagnostics: Iterable[Diagnostic], severity: str) -> Diagnostic | None:
