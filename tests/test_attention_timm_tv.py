@@ -183,3 +183,19 @@ def test_torchvision_swin_and_resnet_are_refused(name, code):
     spec, diagnostics = analyse_attention(model, ModelInput((torch.randn(1, 3, 64, 96),)))
     assert spec is None
     assert [d.code for d in diagnostics if d.severity == "error"] == [code]
+
+
+def test_set_fused_attn_after_creation_is_reported_as_misleading():
+    from timm.layers import config as timm_config
+
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, patch_size=8
+    ).eval()
+    saved = timm_config._USE_FUSED_ATTN
+    timm.layers.set_fused_attn(False)
+    try:
+        _, diagnostics = analyse_attention(model, ModelInput((torch.randn(1, 3, 32, 32),)))
+    finally:
+        timm_config._USE_FUSED_ATTN = saved
+    (misleading,) = [d for d in diagnostics if d.code == "HD503"]
+    assert "set_fused_attn(False)" in misleading.message and misleading.layer == "blocks.0.attn"

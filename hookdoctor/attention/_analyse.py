@@ -8,6 +8,7 @@ token rows the head actually reads (the rows of the last attention that receive 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,11 +64,9 @@ def _attn_implementation(model: nn.Module) -> str | None:
 
 
 def _transformers_major() -> int | None:
-    try:
-        import transformers
-    except ImportError:
-        return None
-    return int(transformers.__version__.split(".")[0])
+    transformers = sys.modules.get("transformers")  # loaded already when the model is a transformers one
+    version = getattr(transformers, "__version__", None)
+    return int(version.split(".")[0]) if isinstance(version, str) else None
 
 
 # -- refusals ------------------------------------------------------------------------------------
@@ -206,15 +205,12 @@ def _misleading_settings(
             claims.append("config.output_attentions=True (does not switch the implementation)")
         if implementation == "eager":
             claims.append("config._attn_implementation='eager' (not propagated to these modules)")
-    try:
-        from timm.layers import config as timm_config
-
+    # Only a timm model can have met timm's global switch; never import timm for this.
+    timm_config = sys.modules.get("timm.layers.config")
+    if timm_config is not None and not getattr(timm_config, "_USE_FUSED_ATTN", 1):
         owners = [_owner_module(model, s.module) for s in fused]
-        still_fused = any(getattr(o, "fused_attn", False) for o in owners)
-        if not getattr(timm_config, "_USE_FUSED_ATTN", 1) and still_fused:
+        if any(getattr(o, "fused_attn", False) for o in owners):
             claims.append("timm.layers.set_fused_attn(False) (called after the model was built)")
-    except ImportError:
-        pass
     if not claims:
         return []
     return [Diagnostic.of(
