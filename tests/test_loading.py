@@ -126,7 +126,9 @@ def test_factory_file_that_fails_to_import(tmp_path):
         load_model(f"{broken}:build")
 
 
-@pytest.mark.parametrize(("model", "package"), [("timm:resnet18", "timm"), ("torchvision:resnet18", "torchvision")])
+@pytest.mark.parametrize(
+    ("model", "package"), [("timm:resnet18", "timm"), ("torchvision:resnet18", "torchvision")]
+)
 def test_missing_optional_package_names_the_pip_command(monkeypatch, model, package):
     # A None entry in sys.modules makes `import package` fail as if it were not installed.
     monkeypatch.setitem(sys.modules, package, None)

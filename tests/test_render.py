@@ -7,8 +7,8 @@ import re
 
 from rich.console import Console
 
-from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
 from hookdoctor.render import collapse_names, group_findings, render_report
+from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;[0-9;]+)m")
 
@@ -22,8 +22,12 @@ def _report(diagnostics: list[Diagnostic], verdicts: dict[str, LayerVerdict] | N
         model_class="TinyViT",
         input_shape=(1, 3, 32, 32),
         target=3,
-        environment={"torch": "9.9.9", "transformers": None, "attn_implementation": "sdpa",
-                     "fused_attention": {"Attention.fused_attn=True": 12}},
+        environment={
+            "torch": "9.9.9",
+            "transformers": None,
+            "attn_implementation": "sdpa",
+            "fused_attention": {"Attention.fused_attn=True": 12},
+        },
         layers=[
             LayerSummary("blocks", "Sequential", "block", 1, "Tensor[1, 5, 8]", "tokens", (2, 2), True, ()),
             LayerSummary("blocks.0", "Block", "block", 1, "Tensor[1, 5, 8]", "tokens", (2, 2), True, ()),
@@ -46,7 +50,10 @@ def _text(report: Report, **kwargs) -> str:
 
 def _attn(i: int) -> Diagnostic:
     return Diagnostic.of(
-        "HD508", f"`blocks.{i}.attn` computes no attention.", "Use Grad-CAM.", layer=f"blocks.{i}.attn",
+        "HD508",
+        f"`blocks.{i}.attn` computes no attention.",
+        "Use Grad-CAM.",
+        layer=f"blocks.{i}.attn",
         method="rollout",
     )
 
@@ -59,8 +66,13 @@ def test_collapse_names_by_structure():
 
 
 def test_collapse_never_claims_a_layer_that_is_not_there():
-    ragged = ["stages.0.blocks.0", "stages.0.blocks.1", "stages.1.blocks.0", "stages.1.blocks.1",
-              "stages.1.blocks.2"]
+    ragged = [
+        "stages.0.blocks.0",
+        "stages.0.blocks.1",
+        "stages.1.blocks.0",
+        "stages.1.blocks.1",
+        "stages.1.blocks.2",
+    ]
     assert collapse_names(ragged) == ["stages.0.blocks.{0,1}", "stages.1.blocks.{0..2}"]
     square = [f"stages.{s}.blocks.{b}" for s in range(2) for b in range(3)]
     assert collapse_names(square) == ["stages.{0,1}.blocks.{0..2}"]
@@ -77,15 +89,23 @@ def test_repeated_findings_are_shown_once_with_the_collapsed_layer():
 
 
 def test_report_reads_as_a_checklist_then_findings():
-    head = Diagnostic.of("HD305", "`head` outputs [B, 10], no grid.", "Hook blocks.1 instead.", layer="head",
-                         method="gradcam")
+    head = Diagnostic.of(
+        "HD305", "`head` outputs [B, 10], no grid.", "Hook blocks.1 instead.", layer="head", method="gradcam"
+    )
     text = _text(_report([head, _attn(0)]))
     lines = text.splitlines()
     assert lines[0].startswith("TinyViT · input 1×3×32×32 · explaining class 3")
     assert lines[1].startswith("[✗] Grad-CAM") and "HD305" in lines[1]
     assert lines[2].startswith("[✗] attention rollout") and "HD508" in lines[2]
-    for expected in ("error[HD305]", "--> head", "cause `head` outputs", "fix Hook blocks.1 instead.",
-                     "see hookdoctor explain HD305", "layout ─", "attention ─"):
+    for expected in (
+        "error[HD305]",
+        "--> head",
+        "cause `head` outputs",
+        "fix Hook blocks.1 instead.",
+        "see hookdoctor explain HD305",
+        "layout ─",
+        "attention ─",
+    ):
         assert expected in text
     assert "environment torch 9.9.9" in text
     assert "transformers" not in text.split("environment")[1].split("\n")[0]  # absent packages skipped
@@ -94,8 +114,9 @@ def test_report_reads_as_a_checklist_then_findings():
 
 def test_layer_verdict_line_with_suggestions():
     verdict = LayerVerdict(
-        "blocks.9", False, [Diagnostic.of("HD101", "No module is named `blocks.9`.", "Use blocks.2.",
-                                          layer="blocks.9")],
+        "blocks.9",
+        False,
+        [Diagnostic.of("HD101", "No module is named `blocks.9`.", "Use blocks.2.", layer="blocks.9")],
         suggestions=["blocks.2"],
     )
     text = _text(_report([], {"blocks.9": verdict}))
