@@ -87,7 +87,7 @@ def inspect(
         diagnostics += analysis.model_diagnostics()
         if "gradcam" in wanted or requested:
             gradcam_spec, found = analysis.recommend(requested)
-            diagnostics += found
+            diagnostics += found + analysis.pitfalls(gradcam_spec)
         if "rollout" in wanted:
             from hookdoctor.attention import analyse_attention
 
@@ -340,6 +340,35 @@ class _GradCAMAnalysis:
             score=score_text,
         )
         return spec, notes
+
+    def pitfalls(self, spec: GradCAMSpec | None) -> list[Diagnostic]:
+        """The dead layers people usually pick (the last block, the final norm), said up front.
+
+        Every module after a ViT's last attention step fails with HD201; listing all of
+        them would bury the point. The outermost dead blocks of a block stack and dead norms
+        outside them are the layers tutorials name, so those are reported (as info: the
+        spec avoids them).
+        """
+        dead = [name for name, j in self.judgements.items() if any(d.code == "HD201" for d in j.diagnostics)]
+        instead = f"; the spec uses `{spec.layer_name}` instead" if spec is not None else ""
+        live = spec.layer_name if spec is not None else ""
+        included: list[str] = []
+        for name in sorted(dead, key=lambda n: (n.count("."), n)):
+            if module_kind(self.probe.records[name].module) not in ("block", "norm"):
+                continue
+            parent = name.rsplit(".", 1)[0] if "." in name else None
+            in_a_stack = parent is not None and module_kind(self.probe.records[parent].module) == "container"
+            if live.startswith(name + ".") and not in_a_stack:
+                continue  # the backbone as a whole: it holds the live layer too
+            if any(name.startswith(block + ".") for block in included):
+                continue
+            included.append(name)
+        found = []
+        for name in included:
+            diagnostic = next(d for d in self.judgements[name].diagnostics if d.code == "HD201")
+            found.append(Diagnostic.of(
+                "HD201", diagnostic.message.rstrip(".") + instead + ".", diagnostic.fix, layer=name, method=GRADCAM, severity="info"))
+        return found
 
     # -- summaries ------------------------------------------------------------------------
     def summaries(self) -> list[LayerSummary]:

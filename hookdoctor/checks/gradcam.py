@@ -118,7 +118,7 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
             picks = ctx.grad_graph.picks_between(call.grad_fn)
-            via = f" (the score reaches it only through {', '.join(dict.fromkeys(picks))})" if picks else ""
+            via = f" (the path from the score picks them with {', '.join(dict.fromkeys(picks))})" if picks else ""
             j.add("HD201", f"No gradient reaches the {layout.grid[0]}x{layout.grid[1]} patch tokens of `{name}`: "
                   f"after it the classifier reads only the prefix token(s){via}, so Grad-CAM here is all zeros.",
                   "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm.")
