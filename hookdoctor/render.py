@@ -185,14 +185,13 @@ class Finding:
 
 
 def _all_diagnostics(report: Report) -> list[Diagnostic]:
-    seen = {(d.code, d.layer, d.message) for d in report.diagnostics}
-    extra = [
-        d
-        for v in report.layer_verdicts.values()
-        for d in v.diagnostics
-        if (d.code, d.layer, d.message) not in seen
-    ]
-    return list(report.diagnostics) + extra
+    """The report's findings, with the verdict on a layer the user named replacing any general
+    finding of the same code on that layer (the user asked about it; say it once)."""
+    verdicts = [d for v in report.layer_verdicts.values() for d in v.diagnostics]
+    asked = {(d.code, d.layer) for d in verdicts}
+    general = [d for d in report.diagnostics if (d.code, d.layer) not in asked]
+    seen = {(d.code, d.layer, d.message) for d in general}
+    return general + [d for d in verdicts if (d.code, d.layer, d.message) not in seen]
 
 
 def group_findings(diagnostics: Sequence[Diagnostic]) -> list[Finding]:
