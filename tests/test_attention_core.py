@@ -161,3 +161,8 @@ def test_bad_rollout_arguments_say_what_to_pass(kwargs, match):
     spec, _ = analyse_attention(GQAViT().eval(), ModelInput((X,)))
     with pytest.raises(InputError, match=match):
         spec.rollout(GQAViT().eval(), X, **kwargs)
+
+
+def test_train_mode_can_be_passed_by_a_caller_that_already_switched_to_eval():
+    _, diagnostics = analyse_attention(GQAViT().eval(), ModelInput((X,)), was_training=True)
+    assert "HD509" in {d.code for d in diagnostics}

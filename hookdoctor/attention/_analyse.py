@@ -141,7 +141,7 @@ def _setting_diagnostics(model: nn.Module, blocks: Sequence[AttentionSite], pref
     if fused:
         first = _named(prefix, fused[0].module)
         owner = _owner_module(model, fused[0].module)
-        if implementation is not None:
+        if implementation is not None and implementation != "eager":
             major = _transformers_major()
             empty = "an empty tuple ()" if major is None or major >= 5 else "None"
             out.append(Diagnostic.of(
@@ -259,12 +259,14 @@ def analyse_attention(
     name_prefix: str = "",
     prefix_hint: int | None = None,
     observed_grids: Sequence[tuple[int, int]] = (),
+    was_training: bool | None = None,
 ) -> tuple[AttentionSpec | None, list[Diagnostic]]:
     """An AttentionSpec for ``model`` (already unwrapped) and what its settings would do to a user.
 
     Refusals (window, channel, no or irregular attention) come back as one error
     diagnostic and spec None. Layer names get ``name_prefix`` so they are valid on the
-    model the user passed.
+    model the user passed. ``was_training`` is the user's mode when the caller has already
+    switched the model to eval (default: ``model.training``).
     """
     image = model_input.image
     probe_input = model_input.with_image(image.detach().clone().requires_grad_(True))
@@ -326,7 +328,7 @@ def analyse_attention(
             f"Nothing to change: the spec removes {prefix} prefix tokens before reshaping.",
             layer=first, method=_METHOD,
         ))
-    if model.training:
+    if model.training if was_training is None else was_training:
         diagnostics.append(Diagnostic.of(
             "HD509",
             f"{type(model).__name__} is in training mode: attention dropout would make captured rows sum "
