@@ -103,6 +103,9 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
     order: list[str] = []
     counter = [0]
     handles = []
+    # Gradient hooks stay on the tensors after the probe; later passes over the same graph
+    # (the locality probe) must not add to what the probe recorded.
+    recording = [True]
 
     def make_hook(record: ModuleRecord):
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -125,7 +128,8 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
             record.calls.append(call)
             if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
                 def keep(grad: torch.Tensor, call: CallRecord = call) -> None:
-                    call.grad = grad if call.grad is None else call.grad + grad
+                    if recording[0]:
+                        call.grad = grad if call.grad is None else call.grad + grad
                 tensor.register_hook(keep)
         return hook
 
@@ -174,9 +178,8 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
     probabilities = logits if pre_activation else None
     saturated = bool(probabilities is not None and probabilities.detach().max() >= 1.0 - 1e-6)
     target_idx = _target_indices(scored, target)
-    value = scored.gather(1, target_idx[:, None]).sum()
-
-    with torch.enable_grad():
+    with torch.enable_grad():  # the caller may be under no_grad
+        value = scored.gather(1, target_idx[:, None]).sum()
         (input_grad,) = torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
     input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
     zero_head = None
@@ -187,9 +190,10 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
             for record in records.values():
                 for call in record.calls:
                     call.grad = None
-            value = _surrogate_score(head.first_input)
             with torch.enable_grad():
+                value = _surrogate_score(head.first_input)
                 torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
+    recording[0] = False
 
     score = Score(
         selector=selector,
