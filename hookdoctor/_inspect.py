@@ -79,6 +79,7 @@ def inspect(
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
     with preserved(model):
+        was_training = inner.training
         inner.eval()
         sites = _attention_sites(inner, model_input, prefix)
         probe = run_probe(inner, model_input, target, prefix)
@@ -93,7 +94,7 @@ def inspect(
 
             rollout_spec, found = analyse_attention(
                 inner, model_input, name_prefix=prefix, prefix_hint=analysis.context.prefix_hint,
-                observed_grids=analysis.context.observed_grids,
+                observed_grids=analysis.context.observed_grids, was_training=was_training,
             )
             diagnostics += found
         summaries = analysis.summaries()
