@@ -81,8 +81,8 @@ def inspect(
     with preserved(model):
         was_training = inner.training
         inner.eval()
+        probe = run_probe(inner, model_input, target, prefix)  # first: it reports a raising forward
         sites = _attention_sites(inner, model_input, prefix)
-        probe = run_probe(inner, model_input, target, prefix)
         analysis = _GradCAMAnalysis(model, inner, prefix, model_input, probe, sites)
         judgements = analysis.judgements
         diagnostics += analysis.model_diagnostics()

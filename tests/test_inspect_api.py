@@ -1,0 +1,169 @@
+"""The library call: arguments, inferred inputs, wrappers, errors, snippets, pickling, JSON."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from torch import nn
+
+import hookdoctor
+from hookdoctor import InputError, ModelRunError
+
+
+def _tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=8, num_labels=5)
+    return transformers.ViTForImageClassification(config).eval()
+
+
+class _SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+class _Raising(_SmallCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.features(x)
+        raise RuntimeError("boom in forward")
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_input_is_inferred_from_a_transformers_config() -> None:
+    report = hookdoctor.inspect(_tiny_vit(), methods=("gradcam",))
+    assert report.input_shape == (1, 3, 32, 32)
+    assert report.gradcam is not None and report.gradcam.grid == (4, 4)
+
+
+def test_a_plain_module_without_an_input_is_a_clear_error() -> None:
+    with pytest.raises(InputError, match=r"example_input=torch.randn\(1, 3, H, W\)"):
+        hookdoctor.inspect(_SmallCNN())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(example_input=torch.randn(3, 32, 32)), "floating-point \\[B, C, H, W\\]"),
+        (dict(example_input=torch.randn(1, 3, 32, 32), input_shape=(1, 3, 32, 32)), "pass one of them"),
+        (dict(input_shape=(1, 3, 32)), "four positive sizes"),
+        (dict(example_input=torch.randn(1, 3, 32, 32), methods=("gradcam", "lime")), "Unknown method"),
+        (dict(example_input=torch.randn(1, 3, 32, 32), target=99), "out of range"),
+    ],
+)
+def test_bad_arguments_are_input_errors(kwargs, match) -> None:
+    model = _SmallCNN()
+    with pytest.raises(InputError, match=match):
+        hookdoctor.inspect(model, **kwargs)
+    assert _hooks(model) == 0
+
+
+def test_a_raising_forward_is_reported_and_the_model_is_restored() -> None:
+    model = _Raising().train()
+    model.features[0].requires_grad_(False)
+    with pytest.raises(ModelRunError, match="boom in forward"):
+        hookdoctor.inspect(model, torch.randn(1, 3, 16, 16))
+    assert _hooks(model) == 0 and model.training and all(m.training for m in model.modules())
+    assert not model.features[0].weight.requires_grad and model.features[2].weight.requires_grad
+
+
+def test_torchscript_is_refused_with_the_reason() -> None:
+    scripted = torch.jit.script(_SmallCNN())
+    with pytest.raises(InputError, match="TorchScript"):
+        hookdoctor.inspect(scripted, torch.randn(1, 3, 16, 16))
+
+
+def test_dataparallel_names_carry_the_prefix_and_the_spec_works() -> None:
+    model = nn.DataParallel(_SmallCNN().eval())
+    x = torch.randn(1, 3, 16, 16)
+    report = hookdoctor.inspect(model, x, methods=("gradcam",))
+    spec = report.gradcam
+    assert spec.layer_name.startswith("module.")
+    assert dict(model.named_modules())[spec.layer_name] is spec.layer
+    assert any(d.code == "HD601" for d in report.diagnostics)
+    assert report.check_layer("module.head").usable is False
+
+
+def test_torch_compile_wrapper_is_unwrapped_without_compiling() -> None:
+    model = _SmallCNN().eval()
+    compiled = torch.compile(model)
+    report = hookdoctor.inspect(compiled, torch.randn(1, 3, 16, 16), methods=("gradcam",))
+    assert report.gradcam.layer_name.startswith("_orig_mod.")
+    assert dict(compiled.named_modules())[report.gradcam.layer_name] is report.gradcam.layer
+
+
+def test_unknown_layer_names_get_exact_suggestions_not_substring_matches() -> None:
+    report = hookdoctor.inspect(_tiny_vit(), torch.randn(1, 3, 32, 32), methods=("gradcam",))
+    verdict = report.check_layer("vit.encoder.layer.1.layernorm_before")  # the transformers 4 name
+    assert verdict.usable is False and verdict.diagnostics[0].code == "HD101"
+    assert "vit.layers.1.layernorm_before" in verdict.suggestions
+
+
+def test_spec_pickles_and_the_score_wrapper_returns_logits() -> None:
+    model = _tiny_vit()
+    x = torch.randn(1, 3, 32, 32)
+    spec = hookdoctor.inspect(model, x, methods=("gradcam",)).gradcam
+    clone = pickle.loads(pickle.dumps(spec.reshape_transform))
+    assert clone == spec.reshape_transform
+    restored = pickle.loads(pickle.dumps(spec.model))
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model(x).logits)
+        logits = spec.model(x)  # grad stays on inside the wrapper, for frozen / no_grad callers
+    assert logits.requires_grad
+
+
+def test_report_json_round_trips() -> None:
+    report = hookdoctor.inspect(_tiny_vit(), torch.randn(1, 3, 32, 32))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["schema_version"] == 1 and data["ok"] is True
+    assert data["gradcam"]["layer_name"] == report.gradcam.layer_name
+    assert {d["code"] for d in data["diagnostics"]} >= {"HD001", "HD201", "HD301", "HD501"}
+
+
+def _exec_snippet(code: str, model: nn.Module, x: torch.Tensor, class_index: int) -> dict:
+    namespace = {"model": model, "x": x, "class_index": class_index}
+    exec(compile(code, "<snippet>", "exec"), namespace)  # the snippet is hookdoctor's own output
+    return namespace
+
+
+@pytest.mark.parametrize("build", [_tiny_vit, _SmallCNN])
+def test_pytorch_grad_cam_snippet_runs_as_pasted(build) -> None:
+    model = build().eval()
+    size = 32 if isinstance(model, transformers.PreTrainedModel) else 16
+    x = torch.randn(1, 3, size, size)
+    report = hookdoctor.inspect(model, x, methods=("gradcam",))
+    namespace = _exec_snippet(report.gradcam.code("pytorch-grad-cam"), model, x, report.target)
+    heatmap = namespace["heatmap"]
+    assert heatmap.shape == (1, size, size) and np.isfinite(heatmap).all() and heatmap.std() > 0
+
+
+@pytest.mark.parametrize("build", [_tiny_vit, _SmallCNN])
+def test_captum_snippet_runs_as_pasted(build) -> None:
+    pytest.importorskip("captum")
+    model = build().eval()
+    size = 32 if isinstance(model, transformers.PreTrainedModel) else 16
+    x = torch.randn(1, 3, size, size)
+    report = hookdoctor.inspect(model, x, methods=("gradcam",))
+    namespace = _exec_snippet(report.gradcam.code("captum"), model, x, report.target)
+    assert namespace["attribution"].shape == (1, 1, *report.gradcam.grid)
+    assert namespace["heatmap"].shape == (1, 1, size, size)
+    assert _hooks(model) == 0
+
+
+def test_unknown_backend_is_an_input_error() -> None:
+    spec = hookdoctor.inspect(_SmallCNN(), torch.randn(1, 3, 16, 16), methods=("gradcam",)).gradcam
+    with pytest.raises(InputError, match="pytorch-grad-cam"):
+        spec.code("torchcam")
