@@ -444,9 +444,6 @@ def test_g9_diagnosed_gradients_disabled(name):
     assert "frozen" in found[0].message and found[0].fix.strip() and hookdoctor.explain("HD005").strip()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="run_probe builds the score outside enable_grad, so inspect under torch.no_grad() "
-                   "raises 'element 0 of tensors does not require grad'")
 def test_g9_diagnosed_grad_mode_off():
     model, x = built("pooled_cnn")
     with torch.no_grad():
@@ -490,7 +487,22 @@ def test_g10_naive_shared_encoder_libraries_disagree():
     assert corr(run.raw[0][0], captum_last_call) < 0.5
 
 
-@pytest.mark.parametrize(("name", "layer"), [("reused_relu_block", "block.relu"), ("shared_encoder", "enc")])
+def test_g10_naive_torchvision_basic_block_relu_is_the_post_bn1_call():
+    model, x = built("torchvision_resnet18")
+    block = model.layer4[-1]
+    relu_run = run_pytorch_grad_cam(model, [block.relu], x)
+    block_run = run_pytorch_grad_cam(model, [block], x)
+    assert len(relu_run.activations) == 2
+    # The first call is relu(bn1(conv1(x))), not the block output that the second call returns.
+    assert not torch.allclose(relu_run.activations[0], block_run.activations[0])
+    torch.testing.assert_close(relu_run.activations[1], block_run.activations[0])
+
+
+@pytest.mark.parametrize(("name", "layer"), [
+    ("reused_relu_block", "block.relu"),
+    ("shared_encoder", "enc"),
+    ("torchvision_resnet18", "layer4.1.relu"),
+])
 def test_g10_diagnosed_called_several_times(name, layer):
     _, _, report = inspected(name)
     assert_diagnosed(report, layer, "HD103", "error")
@@ -516,8 +528,6 @@ def test_g10_shared_encoder_gets_no_spec_rather_than_a_half_image_map():
     assert any(d.code == "HD203" and d.severity == "error" for d in report.diagnostics)
 
 
-@pytest.mark.xfail(strict=True, reason="locality probe gradients accumulate into the probe's stored layer "
-                   "gradients (tensor hooks left active), so a usable named layer fails the map check")
 def test_g10_named_block_containing_the_reused_relu_is_the_spec():
     _, x, report = inspected("reused_relu_block", layer="block")
     assert report.check_layer("block").usable is True
@@ -585,15 +595,31 @@ def test_g12_naive_inplace_rewrites_the_stored_activation():
     assert not torch.allclose(stored, true_bn)
 
 
-def test_g12_diagnosed_overwritten_in_place():
-    _, _, report = inspected("inplace_after_target")
-    assert_diagnosed(report, "block.bn", "HD105", "error")
+def test_g12_naive_torchvision_bn2_stored_activation_is_rewritten():
+    model, x = built("torchvision_resnet18")
+    bn2 = model.layer4[-1].bn2
+    true_bn2 = _true_output(bn2, model, x)
+    stored = run_pytorch_grad_cam(model, [bn2], x).activations[0]
+    assert float(true_bn2.min()) < 0 <= float(stored.min())
 
 
-def test_g12_spec_activation_is_not_rewritten_and_works():
-    model, x, report = inspected("inplace_after_target")
+@pytest.mark.parametrize(("name", "layer"), [
+    ("inplace_after_target", "block.bn"),
+    ("torchvision_resnet18", "layer4.1.bn2"),
+])
+def test_g12_diagnosed_overwritten_in_place(name, layer):
+    _, _, report = inspected(name)
+    assert_diagnosed(report, layer, "HD105", "error")
+
+
+@pytest.mark.parametrize(("name", "naive_layer"), [
+    ("inplace_after_target", "block.bn"),
+    ("torchvision_resnet18", "layer4.1.bn2"),
+])
+def test_g12_spec_activation_is_not_rewritten_and_works(name, naive_layer):
+    model, x, report = inspected(name)
     spec = report.gradcam
-    assert spec.layer_name != "block.bn"
+    assert spec.layer_name != naive_layer
     run = run_pytorch_grad_cam(spec.model, [spec.layer], x, spec.reshape_transform)
     torch.testing.assert_close(run.activations[0], _true_output(spec.layer, model, x))
     assert_spec_works(report, x, tolerance=1)
@@ -646,7 +672,7 @@ def test_g13_spec_for_the_exact_name_has_exactly_that_layer():
 
 def test_g14_naive_saturated_softmax_gives_a_black_map():
     model, x = built("saturated_softmax")
-    assert float(model(x).max()) == 1.0, "fp32 softmax saturated"
+    assert float(model(x).detach().max()) == 1.0, "fp32 softmax saturated"
     run = run_pytorch_grad_cam(model, [model[0].features], x)
     assert float(run.gradients[0].abs().max()) < 1e-10
     assert float(run.final.max()) < 0.01, "pytorch-grad-cam's 1e-7 eps swamps the map: black"
@@ -658,6 +684,28 @@ def test_g14_naive_zero_init_head_gives_zero_maps_everywhere():
     run = run_pytorch_grad_cam(model, [layer], x, tokens_to_grid(1, 4, 4))
     assert float(np.abs(run.raw[0]).max()) == 0.0
     assert float(captum_map(model, layer, x, target=0).abs().max()) == 0.0
+
+
+def test_g14_naive_negative_evidence_gives_an_all_zero_map():
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    model, x = built("negative_evidence_binary")
+    naive = run_pytorch_grad_cam(model, [model.features], x)  # targets=None: argmax of one logit = +logit
+    assert float(naive.raw[0].max()) == 0.0, "every weight negative: ReLU leaves nothing"
+    negated = run_pytorch_grad_cam(model, [model.features], x, targets=[BinaryClassifierOutputTarget(0)])
+    assert_working_map(negated.raw[0], (8, 8))
+
+
+def test_g14_diagnosed_negative_evidence_only():
+    _, _, report = inspected("negative_evidence_binary")
+    found = [d for d in report.diagnostics if d.code == "HD204"]
+    assert found and found[0].severity == "warning" and found[0].layer == "features"
+    assert found[0].message.strip() and found[0].fix.strip() and hookdoctor.explain("HD204").strip()
+
+
+def test_g14_negative_evidence_spec_gives_a_non_empty_map():
+    _, x, report = inspected("negative_evidence_binary")
+    assert_spec_works(report, x, tolerance=1)
 
 
 def test_g14_diagnosed_saturated_output():
