@@ -25,7 +25,9 @@ def environment(model: nn.Module) -> dict[str, Any]:
             if getattr(m, "config", None) is not None and hasattr(m.config, "_attn_implementation")
         }
     )
-    fused = Counter(f"{type(m).__name__}.fused_attn={m.fused_attn}" for m in model.modules() if hasattr(m, "fused_attn"))
+    fused = Counter(
+        f"{type(m).__name__}.fused_attn={m.fused_attn}" for m in model.modules() if hasattr(m, "fused_attn")
+    )
     return {
         "python": sys.version.split()[0],
         "torch": _version("torch"),

@@ -61,12 +61,12 @@ def preserved(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         torch.random.set_rng_state(rng)
-        for m, flag in zip(modules, training):
+        for m, flag in zip(modules, training, strict=True):
             m.training = flag
-        for p, flag, grad in zip(params, requires_grad, grads):
+        for p, flag, grad in zip(params, requires_grad, grads, strict=True):
             p.requires_grad_(flag)
             p.grad = grad
-        for m, saved in zip(modules, hooks):
+        for m, saved in zip(modules, hooks, strict=True):
             for name, entries in saved.items():
                 current = getattr(m, name)
                 if current.keys() != entries.keys():

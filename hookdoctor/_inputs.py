@@ -116,8 +116,7 @@ def resolve_input(
             )
         if len(shape) != 4 or any(int(s) <= 0 for s in shape):
             raise InputError(
-                f"input_shape must be four positive sizes (B, C, H, W), got {shape!r}; for example "
-                "(1, 3, 224, 224)."
+                f"input_shape must be four positive sizes (B, C, H, W), got {shape!r}; for example (1, 3, 224, 224)."
             )
         device, dtype = _device_and_dtype(model)
         generator = torch.Generator().manual_seed(0)
@@ -151,6 +150,5 @@ def resolve_input(
             "one image tensor among the positional arguments."
         )
     raise InputError(
-        f"example_input must be a Tensor, a tuple of Tensors or a dict of Tensors, not "
-        f"{type(example_input).__name__}."
+        f"example_input must be a Tensor, a tuple of Tensors or a dict of Tensors, not {type(example_input).__name__}."
     )

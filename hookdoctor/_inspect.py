@@ -6,7 +6,6 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from hookdoctor._environment import environment
@@ -67,14 +66,23 @@ def inspect(
     model_input = resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
     diagnostics: list[Diagnostic] = []
     if wrappers:
-        diagnostics.append(Diagnostic.of(
-            "HD601", f"The model is wrapped by {' and '.join(wrappers)}; its inner module was inspected and layer "
-            f"names carry the prefix `{prefix}`.", "Nothing to do: the spec's layer is the module your model holds."))
+        diagnostics.append(
+            Diagnostic.of(
+                "HD601",
+                f"The model is wrapped by {' and '.join(wrappers)}; its inner module was inspected and layer "
+                f"names carry the prefix `{prefix}`.",
+                "Nothing to do: the spec's layer is the module your model holds.",
+            )
+        )
     requested = _layer_names(layer)
     if len(requested) > 1:
-        diagnostics.append(Diagnostic.of(
-            "HD401", f"{len(requested)} target layers were named; pytorch-grad-cam would pair their maps by position.",
-            "Use one spec per layer: each named layer is judged on its own below."))
+        diagnostics.append(
+            Diagnostic.of(
+                "HD401",
+                f"{len(requested)} target layers were named; pytorch-grad-cam would pair their maps by position.",
+                "Use one spec per layer: each named layer is judged on its own below.",
+            )
+        )
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
@@ -93,8 +101,12 @@ def inspect(
             from hookdoctor.attention import analyse_attention
 
             rollout_spec, found = analyse_attention(
-                inner, model_input, name_prefix=prefix, prefix_hint=analysis.context.prefix_hint,
-                observed_grids=analysis.context.observed_grids, was_training=was_training,
+                inner,
+                model_input,
+                name_prefix=prefix,
+                prefix_hint=analysis.context.prefix_hint,
+                observed_grids=analysis.context.observed_grids,
+                was_training=was_training,
             )
             diagnostics += found
         summaries = analysis.summaries()
@@ -102,7 +114,7 @@ def inspect(
         verdicts = {name: _verdict(name, judgements) for name in requested}
         all_verdicts = {name: _verdict(name, judgements) for name in judgements}
 
-    for name, verdict in verdicts.items():
+    for verdict in verdicts.values():
         diagnostics += [d for d in verdict.diagnostics if d not in diagnostics]
 
     def check_layer(name: str) -> LayerVerdict:
@@ -140,9 +152,12 @@ def _unknown_layer(name: str, names: list[str]) -> LayerVerdict:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(f'`{c}`' for c in close)}." if close else ""
     diagnostic = Diagnostic.of(
-        "HD101", f"No module is named exactly `{name}`.{hint}",
+        "HD101",
+        f"No module is named exactly `{name}`.{hint}",
         "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
-        layer=name, method=GRADCAM)
+        layer=name,
+        method=GRADCAM,
+    )
     return LayerVerdict(name=name, usable=False, diagnostics=[diagnostic], suggestions=close)
 
 
@@ -165,8 +180,15 @@ def _verdict(name: str, judgements: dict[str, Judgement]) -> LayerVerdict:
 class _GradCAMAnalysis:
     """Judges every module from one probe and picks the layer to recommend."""
 
-    def __init__(self, model: nn.Module, inner: nn.Module, prefix: str, model_input: ModelInput,
-                 probe: Probe, attention_sites: list[str]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner: nn.Module,
+        prefix: str,
+        model_input: ModelInput,
+        probe: Probe,
+        attention_sites: list[str],
+    ) -> None:
         self.model = model
         self.inner = inner
         self.prefix = prefix
@@ -187,35 +209,59 @@ class _GradCAMAnalysis:
         score = self.probe.score
         found: list[Diagnostic] = []
         if score.selector.how != "tensor":
-            found.append(Diagnostic.of(
-                "HD001", f"The model returns {score.output_structure}; attribution libraries need the score tensor "
-                f"{score.selector.expression('output')}.",
-                "The spec's .model is a wrapper that returns it; pass spec.model (not the raw model) to the library.",
-                method=GRADCAM))
+            found.append(
+                Diagnostic.of(
+                    "HD001",
+                    f"The model returns {score.output_structure}; attribution libraries need the score tensor "
+                    f"{score.selector.expression('output')}.",
+                    "The spec's .model is a wrapper that returns it; pass spec.model, not the raw model, "
+                    "to the library.",
+                    method=GRADCAM,
+                )
+            )
         if score.other_heads:
-            found.append(Diagnostic.of(
-                "HD002", f"The model returns several score tensors; {score.selector.expression('output')} was explained "
-                f"and {', '.join(score.other_heads)} passed over.",
-                "If you meant another head, wrap the model so that it returns that head, and inspect the wrapper.",
-                method=GRADCAM))
+            found.append(
+                Diagnostic.of(
+                    "HD002",
+                    f"The model returns several score tensors; {score.selector.expression('output')} was explained "
+                    f"and {', '.join(score.other_heads)} passed over.",
+                    "If you meant another head, wrap the model so that it returns that head, and inspect the wrapper.",
+                    method=GRADCAM,
+                )
+            )
         if score.zero_head:
-            found.append(Diagnostic.of(
-                "HD003", f"The head `{score.zero_head}` has all-zero weights, so the score's gradient is zero for every "
-                "layer; layers were judged with a surrogate score instead.",
-                "Load trained weights (or re-initialise the head) before reading any map from this model.",
-                layer=score.zero_head, method=GRADCAM))
+            found.append(
+                Diagnostic.of(
+                    "HD003",
+                    f"The head `{score.zero_head}` has all-zero weights, so the score's gradient is zero for every "
+                    "layer; layers were judged with a surrogate score instead.",
+                    "Load trained weights (or re-initialise the head) before reading any map from this model.",
+                    layer=score.zero_head,
+                    method=GRADCAM,
+                )
+            )
         elif self.probe.input_gradient_zero:
-            found.append(Diagnostic.of(
-                "HD203", "The explained score does not depend on the input image at all (its gradient is zero).",
-                "Check the model's head and weights: a constant score has nothing to explain.", method=GRADCAM))
+            found.append(
+                Diagnostic.of(
+                    "HD203",
+                    "The explained score does not depend on the input image at all (its gradient is zero).",
+                    "Check the model's head and weights: a constant score has nothing to explain.",
+                    method=GRADCAM,
+                )
+            )
         if score.pre_activation:
-            found.append(Diagnostic.of(
-                "HD004", f"The model ends in `{score.pre_activation}` (softmax/sigmoid)"
-                f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
-                f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
-                "The spec's .model returns the input of that module; explain logits, not probabilities.",
-                layer=score.pre_activation, method=GRADCAM,
-                severity="warning" if score.saturated else "info"))
+            found.append(
+                Diagnostic.of(
+                    "HD004",
+                    f"The model ends in `{score.pre_activation}` (softmax/sigmoid)"
+                    f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
+                    f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
+                    "The spec's .model returns the input of that module; explain logits, not probabilities.",
+                    layer=score.pre_activation,
+                    method=GRADCAM,
+                    severity="warning" if score.saturated else "info",
+                )
+            )
         return found
 
     # -- recommendation -------------------------------------------------------------------
@@ -235,9 +281,11 @@ class _GradCAMAnalysis:
 
     def _representative(self, group: list[Judgement]) -> Judgement:
         """Of the modules returning the same tensor, the deepest one with children (a block), else the creator."""
+
         def rank(j: Judgement) -> tuple[int, int, int]:
             has_children = next(self.probe.records[j.name].module.children(), None) is not None
             return (1 if has_children else 0, j.name.count("."), -j.call.order)
+
         blocks = [j for j in group if next(self.probe.records[j.name].module.children(), None) is not None]
         if blocks:
             return max(blocks, key=rank)
@@ -292,9 +340,14 @@ class _GradCAMAnalysis:
             if attempts >= _MAX_TRIES:
                 break
         found += self._negative_evidence_notes(None)
-        found.append(Diagnostic.of(
-            "HD203", "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
-            "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM))
+        found.append(
+            Diagnostic.of(
+                "HD203",
+                "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
+                "Read the layer findings; hookdoctor explain HD203.",
+                method=GRADCAM,
+            )
+        )
         return None, found
 
     def _negative_evidence_notes(self, chosen: str | None) -> list[Diagnostic]:
@@ -302,10 +355,13 @@ class _GradCAMAnalysis:
         instead = f"; the spec uses `{chosen}` instead" if chosen else ""
         return [
             Diagnostic.of(
-                "HD204", f"Grad-CAM at `{name}` is all zeros for class {target}: the layer holds only negative "
+                "HD204",
+                f"Grad-CAM at `{name}` is all zeros for class {target}: the layer holds only negative "
                 f"evidence for it{instead}.",
-                "Explain the predicted class or the negative score, or read the signed map; "
-                "hookdoctor explain HD204.", layer=name, method=GRADCAM)
+                "Explain the predicted class or the negative score, or read the signed map; hookdoctor explain HD204.",
+                layer=name,
+                method=GRADCAM,
+            )
             for name in self.negative_evidence
         ]
 
@@ -323,10 +379,16 @@ class _GradCAMAnalysis:
         notes = layout_notes(j, layout)
         if needs_grad_fix:
             why = "its parameters up to this layer are frozen" if not trainable_path else "grad mode was off"
-            notes.append(Diagnostic.of(
-                "HD005", f"The output of `{j.name}` would not require grad ({why}); pytorch-grad-cam would skip its "
-                "gradient hook.", "The spec's .model enables grad and makes its input require grad.",
-                layer=j.name, method=GRADCAM))
+            notes.append(
+                Diagnostic.of(
+                    "HD005",
+                    f"The output of `{j.name}` would not require grad ({why}); pytorch-grad-cam would skip its "
+                    "gradient hook.",
+                    "The spec's .model enables grad and makes its input require grad.",
+                    layer=j.name,
+                    method=GRADCAM,
+                )
+            )
         score_text = score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
@@ -367,8 +429,16 @@ class _GradCAMAnalysis:
         found = []
         for name in included:
             diagnostic = next(d for d in self.judgements[name].diagnostics if d.code == "HD201")
-            found.append(Diagnostic.of(
-                "HD201", diagnostic.message.rstrip(".") + instead + ".", diagnostic.fix, layer=name, method=GRADCAM, severity="info"))
+            found.append(
+                Diagnostic.of(
+                    "HD201",
+                    diagnostic.message.rstrip(".") + instead + ".",
+                    diagnostic.fix,
+                    layer=name,
+                    method=GRADCAM,
+                    severity="info",
+                )
+            )
         return found
 
     # -- summaries ------------------------------------------------------------------------
@@ -377,15 +447,17 @@ class _GradCAMAnalysis:
         for name, j in self.judgements.items():
             record = self.probe.records[name]
             layout = j.layout
-            out.append(LayerSummary(
-                name=name,
-                type=type(record.module).__name__,
-                kind="attention" if name in self.attention_sites else module_kind(record.module),
-                calls=len(record.calls),
-                output=record.calls[0].structure if record.calls else "-",
-                layout=layout.kind if layout and j.usable else None,
-                grid=layout.grid if layout and j.usable else None,
-                usable=j.usable,
-                codes=tuple(dict.fromkeys(d.code for d in j.diagnostics)),
-            ))
+            out.append(
+                LayerSummary(
+                    name=name,
+                    type=type(record.module).__name__,
+                    kind="attention" if name in self.attention_sites else module_kind(record.module),
+                    calls=len(record.calls),
+                    output=record.calls[0].structure if record.calls else "-",
+                    layout=layout.kind if layout and j.usable else None,
+                    grid=layout.grid if layout and j.usable else None,
+                    usable=j.usable,
+                    codes=tuple(dict.fromkeys(d.code for d in j.diagnostics)),
+                )
+            )
         return out

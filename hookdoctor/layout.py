@@ -101,7 +101,9 @@ def aligned_grid(h: int, w: int, image_hw: tuple[int, int]) -> bool:
     big_h, big_w = image_hw
     if h < 1 or w < 1 or h > big_h or w > big_w:
         return False
-    around = {max(1, math.floor(big_h / h)) + d for d in (-1, 0, 1)} | {max(1, math.ceil(big_h / h)) + d for d in (-1, 0, 1)}
+    around = {max(1, math.floor(big_h / h)) + d for d in (-1, 0, 1)} | {
+        max(1, math.ceil(big_h / h)) + d for d in (-1, 0, 1)
+    }
     for s in sorted(s for s in around if s >= 1):
         if h in (big_h // s, -(-big_h // s)) and w in (big_w // s, -(-big_w // s)):
             return True

@@ -127,10 +127,13 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
                     record.first_input = inputs[0]
             record.calls.append(call)
             if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
+
                 def keep(grad: torch.Tensor, call: CallRecord = call) -> None:
                     if recording[0]:
                         call.grad = grad if call.grad is None else call.grad + grad
+
                 tensor.register_hook(keep)
+
         return hook
 
     for name, module in model.named_modules():
@@ -172,7 +175,11 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
     producer = next((r for r in reversed(list(records.values())) if r.calls and r.calls[-1].tensor is logits), None)
     pre_activation = None
     scored = logits
-    if producer is not None and isinstance(producer.module, (nn.Softmax, nn.Sigmoid)) and producer.first_input is not None:
+    if (
+        producer is not None
+        and isinstance(producer.module, (nn.Softmax, nn.Sigmoid))
+        and producer.first_input is not None
+    ):
         pre_activation = producer.name
         scored = producer.first_input
     probabilities = logits if pre_activation else None

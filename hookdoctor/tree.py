@@ -22,8 +22,16 @@ def module_kind(module: nn.Module) -> str:
         return "attention"
     if isinstance(module, conv._ConvNd):
         return "conv"
-    if isinstance(module, (batchnorm._NormBase, instancenorm._InstanceNorm, normalization.LayerNorm,
-                           normalization.GroupNorm, normalization.RMSNorm)):
+    if isinstance(
+        module,
+        (
+            batchnorm._NormBase,
+            instancenorm._InstanceNorm,
+            normalization.LayerNorm,
+            normalization.GroupNorm,
+            normalization.RMSNorm,
+        ),
+    ):
         return "norm"
     if isinstance(module, nn.Linear):
         return "linear"
@@ -93,4 +101,6 @@ def build_tree(model: nn.Module, prefix: str = "") -> nx.DiGraph:
 
 def shared_modules(graph: nx.DiGraph) -> list[ModuleNode]:
     """Modules held by more than one parent (or twice by one): their hooks fire per call."""
-    return [graph.nodes[n]["node"] for n in graph.nodes if graph.in_degree(n) > 1 or len(graph.nodes[n]["node"].names) > 1]
+    return [
+        graph.nodes[n]["node"] for n in graph.nodes if graph.in_degree(n) > 1 or len(graph.nodes[n]["node"].names) > 1
+    ]

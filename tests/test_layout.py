@@ -20,8 +20,15 @@ from hookdoctor.layout import (
 
 @pytest.mark.parametrize(
     ("grid", "image", "expected"),
-    [((3, 4), (96, 128), True), ((4, 5), (100, 150), True), ((7, 7), (224, 224), True),
-     ((7, 7), (96, 128), False), ((65, 16), (64, 64), False), ((4, 8), (32, 64), True), ((8, 4), (32, 64), False)],
+    [
+        ((3, 4), (96, 128), True),
+        ((4, 5), (100, 150), True),
+        ((7, 7), (224, 224), True),
+        ((7, 7), (96, 128), False),
+        ((65, 16), (64, 64), False),
+        ((4, 8), (32, 64), True),
+        ((8, 4), (32, 64), False),
+    ],
 )
 def test_aligned_grid_needs_one_stride_for_both_sides(grid, image, expected) -> None:
     assert aligned_grid(*grid, image) is expected

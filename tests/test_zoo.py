@@ -23,8 +23,15 @@ timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 
 CNN_INPUT = (1, 3, 96, 128)
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                image_size=32, patch_size=8, num_labels=5)
+TINY_VIT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    num_labels=5,
+)
 
 
 def _torchvision(name: str, **kwargs) -> Callable[[], nn.Module]:
@@ -34,6 +41,7 @@ def _torchvision(name: str, **kwargs) -> Callable[[], nn.Module]:
             # weights=None zero-initialises the head; a trained model's head is not zero.
             nn.init.normal_(model.heads.head.weight, std=0.02)
         return model
+
     return build
 
 
@@ -45,6 +53,7 @@ def _hf(model_class: str, config_class: str, **config) -> Callable[[], nn.Module
     def build() -> nn.Module:
         torch.manual_seed(0)
         return getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).eval()
+
     return build
 
 
@@ -63,21 +72,62 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
     "timm-vit_tiny": (_timm("vit_tiny_patch16_224", depth=2, img_size=(64, 96)), (1, 3, 64, 96), 0),
     "timm-deit_distilled": (_timm("deit_tiny_distilled_patch16_224", depth=2), (1, 3, 224, 224), 0),
     "timm-dinov2_registers": (_timm("vit_small_patch14_reg4_dinov2", depth=2, img_size=56), (1, 3, 56, 56), 0),
-    "timm-gap_vit": (_timm("vit_tiny_patch16_224", depth=2, global_pool="avg", class_token=False, img_size=64),
-                     (1, 3, 64, 64), 0),
+    "timm-gap_vit": (
+        _timm("vit_tiny_patch16_224", depth=2, global_pool="avg", class_token=False, img_size=64),
+        (1, 3, 64, 64),
+        0,
+    ),
     "timm-swin": (_timm("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1)), (1, 3, 224, 224), 1),
     "timm-convnext": (_timm("convnext_atto"), CNN_INPUT, 1),
     "hf-vit": (_hf("ViTForImageClassification", "ViTConfig", **TINY_VIT), (1, 3, 32, 32), 0),
     "hf-deit": (_hf("DeiTForImageClassificationWithTeacher", "DeiTConfig", **TINY_VIT), (1, 3, 32, 32), 0),
     "hf-dinov2": (_hf("Dinov2ForImageClassification", "Dinov2Config", **TINY_VIT), (1, 3, 32, 32), 0),
-    "hf-dinov2_registers": (_hf("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
-                                num_register_tokens=4, **TINY_VIT), (1, 3, 32, 32), 0),
-    "hf-swin": (_hf("SwinForImageClassification", "SwinConfig", image_size=32, patch_size=2, embed_dim=16,
-                    depths=[2, 2], num_heads=[2, 2], window_size=4, num_labels=5), (1, 3, 32, 32), 1),
-    "hf-convnext": (_hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[16, 32], depths=[1, 1],
-                        num_stages=2, num_labels=5), (1, 3, 64, 64), 1),
-    "hf-resnet": (_hf("ResNetForImageClassification", "ResNetConfig", hidden_sizes=[16, 32], depths=[1, 1],
-                      embedding_size=16, num_labels=5), (1, 3, 64, 64), 1),
+    "hf-dinov2_registers": (
+        _hf(
+            "Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig", num_register_tokens=4, **TINY_VIT
+        ),
+        (1, 3, 32, 32),
+        0,
+    ),
+    "hf-swin": (
+        _hf(
+            "SwinForImageClassification",
+            "SwinConfig",
+            image_size=32,
+            patch_size=2,
+            embed_dim=16,
+            depths=[2, 2],
+            num_heads=[2, 2],
+            window_size=4,
+            num_labels=5,
+        ),
+        (1, 3, 32, 32),
+        1,
+    ),
+    "hf-convnext": (
+        _hf(
+            "ConvNextForImageClassification",
+            "ConvNextConfig",
+            hidden_sizes=[16, 32],
+            depths=[1, 1],
+            num_stages=2,
+            num_labels=5,
+        ),
+        (1, 3, 64, 64),
+        1,
+    ),
+    "hf-resnet": (
+        _hf(
+            "ResNetForImageClassification",
+            "ResNetConfig",
+            hidden_sizes=[16, 32],
+            depths=[1, 1],
+            embedding_size=16,
+            num_labels=5,
+        ),
+        (1, 3, 64, 64),
+        1,
+    ),
 }
 
 # What the layout must be for models whose layout is the point of the test.
@@ -131,8 +181,11 @@ def test_vit_without_token_mixing_after_the_block_keeps_the_block_output() -> No
 
 
 def test_cls_vit_recommends_the_norm_before_the_last_attention() -> None:
-    for name, expected in (("timm-vit_tiny", "blocks.1.norm1"), ("hf-vit", "vit.layers.1.layernorm_before"),
-                           ("torchvision-vit_b_16", "encoder.layers.encoder_layer_11.ln_1")):
+    for name, expected in (
+        ("timm-vit_tiny", "blocks.1.norm1"),
+        ("hf-vit", "vit.layers.1.layernorm_before"),
+        ("torchvision-vit_b_16", "encoder.layers.encoder_layer_11.ln_1"),
+    ):
         build, shape, _ = ZOO[name]
         model = build()
         assert hookdoctor.inspect(model, torch.randn(*shape), methods=("gradcam",)).gradcam.layer_name == expected

@@ -75,43 +75,73 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
     j = Judgement(record.name)
     name = record.name
     if not record.calls:
-        j.add("HD102", f"`{name}` never runs in the forward pass, so a hook on it never fires.",
-              "Choose a module that runs; the report lists each module with its call count.")
+        j.add(
+            "HD102",
+            f"`{name}` never runs in the forward pass, so a hook on it never fires.",
+            "Choose a module that runs; the report lists each module with its call count.",
+        )
         return j
     call = record.calls[0]
     j.call = call
     if len(record.calls) > 1:
-        j.add("HD103", f"`{name}` runs {len(record.calls)} times per forward pass; pytorch-grad-cam would use the "
-              "first call and Captum the last.",
-              "Hook a module that runs once, such as the block that contains it.")
+        j.add(
+            "HD103",
+            f"`{name}` runs {len(record.calls)} times per forward pass; pytorch-grad-cam would use the "
+            "first call and Captum the last.",
+            "Hook a module that runs once, such as the block that contains it.",
+        )
     if not call.is_tensor:
-        j.add("HD104", f"`{name}` returns {call.structure}, not a tensor; pytorch-grad-cam fails on it and its "
-              "gradient hook would be skipped.",
-              "Hook the tensor-producing module inside it, or the next module whose output is a plain tensor.")
+        j.add(
+            "HD104",
+            f"`{name}` returns {call.structure}, not a tensor; pytorch-grad-cam fails on it and its "
+            "gradient hook would be skipped.",
+            "Hook the tensor-producing module inside it, or the next module whose output is a plain tensor.",
+        )
     if call.tensor is not None and call.overwritten:
-        j.add("HD105", f"A later in-place operation rewrites the output of `{name}`, so the stored activation "
-              "is not the one the gradient belongs to.",
-              "Hook a module whose output is not modified in place, such as the enclosing block.")
+        j.add(
+            "HD105",
+            f"A later in-place operation rewrites the output of `{name}`, so the stored activation "
+            "is not the one the gradient belongs to.",
+            "Hook a module whose output is not modified in place, such as the enclosing block.",
+        )
     shape = call.shape
     if shape is None or len(shape) < 3 or spatial_extent(shape) <= 1:
-        j.add("HD305", f"`{name}` outputs {call.structure}, which has no spatial grid to draw a map on.",
-              "Hook the last layer before global pooling.")
+        j.add(
+            "HD305",
+            f"`{name}` outputs {call.structure}, which has no spatial grid to draw a map on.",
+            "Hook the last layer before global pooling.",
+        )
         return j
     probe = ctx.probe
-    j.layouts = infer_layouts(shape, probe.image_hw, probe.batch, module=record.module,
-                              observed_grids=ctx.observed_grids, prefix_hint=ctx.prefix_hint)
+    j.layouts = infer_layouts(
+        shape,
+        probe.image_hw,
+        probe.batch,
+        module=record.module,
+        observed_grids=ctx.observed_grids,
+        prefix_hint=ctx.prefix_hint,
+    )
     if not j.layouts:
-        j.add("HD306", f"`{name}` outputs {call.structure}, whose dimensions do not follow the "
-              f"{probe.image_hw[0]}x{probe.image_hw[1]} input's geometry.",
-              "Hook a layer whose output is a grid or a token sequence over the image.")
+        j.add(
+            "HD306",
+            f"`{name}` outputs {call.structure}, whose dimensions do not follow the "
+            f"{probe.image_hw[0]}x{probe.image_hw[1]} input's geometry.",
+            "Hook a layer whose output is a grid or a token sequence over the image.",
+        )
         return j
     if not call.requires_grad:
-        j.add("HD306", f"`{name}` does not depend on the input image (its output needs no gradient even "
-              "when the image does).", "Hook a layer computed from the image.")
+        j.add(
+            "HD306",
+            f"`{name}` does not depend on the input image (its output needs no gradient even when the image does).",
+            "Hook a layer computed from the image.",
+        )
         return j
     if call.grad is None:
-        j.add("HD202", f"`{name}` runs, but the explained score does not depend on its output.",
-              "Hook a layer on the path from the input to the score.")
+        j.add(
+            "HD202",
+            f"`{name}` runs, but the explained score does not depend on its output.",
+            "Hook a layer on the path from the input to the score.",
+        )
         return j
     layout = j.layouts[0]
     cells, prefix = _cell_energy(call, layout)
@@ -119,12 +149,18 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
             picks = ctx.grad_graph.picks_between(call.grad_fn)
             via = f" (the path from the score picks them with {', '.join(dict.fromkeys(picks))})" if picks else ""
-            j.add("HD201", f"No gradient reaches the {layout.grid[0]}x{layout.grid[1]} patch tokens of `{name}`: "
-                  f"after it the classifier reads only the prefix token(s){via}, so Grad-CAM here is all zeros.",
-                  "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm.")
+            j.add(
+                "HD201",
+                f"No gradient reaches the {layout.grid[0]}x{layout.grid[1]} patch tokens of `{name}`: "
+                f"after it the classifier reads only the prefix token(s){via}, so Grad-CAM here is all zeros.",
+                "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm.",
+            )
         else:
-            j.add("HD202", f"The explained score's gradient at `{name}` is zero everywhere.",
-                  "Hook a layer on the path from the input to the score.")
+            j.add(
+                "HD202",
+                f"The explained score's gradient at `{name}` is zero everywhere.",
+                "Hook a layer on the path from the input to the score.",
+            )
     return j
 
 
@@ -138,17 +174,30 @@ def layout_notes(j: Judgement, layout: Layout) -> list[Diagnostic]:
         notes.append(Diagnostic.of(code, message, fix, layer=name, method=GRADCAM))
 
     if layout.kind == "tokens":
-        note("HD301", f"`{name}` outputs tokens [B, {layout.prefix_tokens}+{h * w}, {layout.channels}], not a "
-             "[B, C, H, W] map.",
-             f"The spec's reshape_transform drops {layout.prefix_tokens} prefix token(s), reshapes to {h}x{w} "
-             "and permutes to [B, C, H, W].")
+        note(
+            "HD301",
+            f"`{name}` outputs tokens [B, {layout.prefix_tokens}+{h * w}, {layout.channels}], not a [B, C, H, W] map.",
+            f"The spec's reshape_transform drops {layout.prefix_tokens} prefix token(s), reshapes to {h}x{w} "
+            "and permutes to [B, C, H, W].",
+        )
         if layout.prefix_tokens > 1:
-            note("HD302", f"`{name}` has {layout.prefix_tokens} prefix tokens (CLS plus distillation or register "
-                 "tokens), not one.", f"The spec drops exactly {layout.prefix_tokens} tokens before reshaping.")
+            note(
+                "HD302",
+                f"`{name}` has {layout.prefix_tokens} prefix tokens (CLS plus distillation or register "
+                "tokens), not one.",
+                f"The spec drops exactly {layout.prefix_tokens} tokens before reshaping.",
+            )
     if layout.kind == "NHWC":
-        note("HD304", f"`{name}` outputs channels-last [B, {h}, {w}, {layout.channels}]; every library would read "
-             f"{h} as the channel count.", "The spec's reshape_transform permutes it to [B, C, H, W].")
+        note(
+            "HD304",
+            f"`{name}` outputs channels-last [B, {h}, {w}, {layout.channels}]; every library would read "
+            f"{h} as the channel count.",
+            "The spec's reshape_transform permutes it to [B, C, H, W].",
+        )
     if h != w:
-        note("HD303", f"The map of `{name}` is {h}x{w} (height x width), not square.",
-             f"The spec reshapes to ({h}, {w}), height first.")
+        note(
+            "HD303",
+            f"The map of `{name}` is {h}x{w} (height x width), not square.",
+            f"The spec reshapes to ({h}, {w}), height first.",
+        )
     return notes
