@@ -456,8 +456,8 @@ class _GradCAMAnalysis:
                     output=record.calls[0].structure if record.calls else "-",
                     layout=layout.kind if layout and j.usable else None,
                     grid=layout.grid if layout and j.usable else None,
-                    usable=j.usable,
-                    codes=tuple(dict.fromkeys(d.code for d in j.diagnostics)),
+                    usable=None if j.holds_only else j.usable,
+                    codes=() if j.holds_only else tuple(dict.fromkeys(d.code for d in j.diagnostics)),
                 )
             )
         return out

@@ -22,7 +22,7 @@ torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 
-CNN_INPUT = (1, 3, 96, 128)
+CNN_INPUT = (1, 3, 64, 96)
 TINY_VIT = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -66,7 +66,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
     "torchvision-mobilenet_v3_small": (_torchvision("mobilenet_v3_small"), CNN_INPUT, 1),
     "torchvision-efficientnet_b0": (_torchvision("efficientnet_b0"), CNN_INPUT, 1),
     "torchvision-convnext_tiny": (_torchvision("convnext_tiny"), CNN_INPUT, 1),
-    "torchvision-vit_b_16": (_torchvision("vit_b_16", image_size=112), (1, 3, 112, 112), 0),
+    "torchvision-vit_b_16": (_torchvision("vit_b_16", image_size=64), (1, 3, 64, 64), 0),
     "torchvision-swin_t": (_torchvision("swin_t"), CNN_INPUT, 1),
     "timm-resnet18": (_timm("resnet18"), CNN_INPUT, 1),
     "timm-vit_tiny": (_timm("vit_tiny_patch16_224", depth=2, img_size=(64, 96)), (1, 3, 64, 96), 0),
@@ -139,7 +139,7 @@ EXPECTED_LAYOUT = {
     "hf-deit": ("tokens", 2, (4, 4)),
     "hf-dinov2_registers": ("tokens", 5, (4, 4)),
     "timm-swin": ("NHWC", 0, (7, 7)),
-    "torchvision-resnet18": ("NCHW", 0, (3, 4)),
+    "torchvision-resnet18": ("NCHW", 0, (2, 3)),
 }
 
 

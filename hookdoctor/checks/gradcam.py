@@ -35,6 +35,7 @@ class Judgement:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     layouts: list[Layout] = field(default_factory=list)
     call: CallRecord | None = None
+    holds_only: bool = False  # a ModuleList/ModuleDict: nothing to judge in the module tree
 
     @property
     def usable(self) -> bool:
@@ -74,6 +75,15 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
     """Every diagnostic that makes (or would make) ``record`` fail as a Grad-CAM target."""
     j = Judgement(record.name)
     name = record.name
+    if not record.calls and isinstance(record.module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+        j.holds_only = True
+        j.add(
+            "HD102",
+            f"`{name}` is a {type(record.module).__name__}: it holds modules but never runs itself, so a hook on it "
+            "never fires.",
+            f"Hook one of its entries (`{name}.0` ... ) or a layer inside one.",
+        )
+        return j
     if not record.calls:
         j.add(
             "HD102",
