@@ -301,9 +301,10 @@ class _GradCAMAnalysis:
         for layout in j.layouts:
             if not lines_up(call.tensor, self.probe.image, layout):
                 continue
-            if is_working_map(gradcam_map(call.tensor, call.grad, layout)):
+            weights = call.grad.channel_weights(layout)
+            if is_working_map(gradcam_map(call.tensor, weights, layout)):
                 return layout
-            if is_working_map(gradcam_map(call.tensor, -call.grad, layout)):
+            if is_working_map(gradcam_map(call.tensor, -weights, layout)):
                 self.negative_evidence.append(j.name)
                 return None
         return None

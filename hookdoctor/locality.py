@@ -50,13 +50,11 @@ def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout) -> bool:
     return True
 
 
-def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Grad-CAM ``relu(sum_c mean_hw(dS/dA_c) * A_c)`` as ``[B, H, W]`` from the probe's tensors."""
+def gradcam_map(activation: torch.Tensor, weights: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, H, W]``, from the activation and channel weights ``[B, C]``."""
     transform = layout.transform()
     acts = transform(activation) if transform is not None else activation
-    grads = transform(gradient) if transform is not None else gradient
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * acts).sum(dim=1)).detach()
+    return torch.relu((weights[:, :, None, None] * acts.detach()).sum(dim=1))
 
 
 def is_working_map(cam: torch.Tensor) -> bool:

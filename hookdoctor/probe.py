@@ -2,9 +2,10 @@
 
 For every module it records how often it ran, what it returned, and whether a later
 in-place operation rewrote that output; for every call whose output could be a map
-(3-D or 4-D, batch first) it keeps the activation and the gradient of the score with
-respect to it, which is all Grad-CAM needs. Checks read these records and never run the
-model themselves.
+(3-D or 4-D, batch first) it keeps the activation (alive in the graph anyway) and
+statistics of the score's gradient with respect to it - energy per position and mean per
+channel - which is all Grad-CAM and the checks need; the gradients themselves are dropped.
+Checks read these records and never run the model themselves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,47 @@ from torch import nn
 from hookdoctor._inputs import ModelInput
 from hookdoctor._outputs import OutputSelector, describe, find_score, primary_tensor
 from hookdoctor.errors import InputError, ModelRunError
+from hookdoctor.layout import MAX_PREFIX_TOKENS, Layout
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """What Grad-CAM and the checks need of one gradient, for every layout it could have."""
+
+    energy: dict[str, torch.Tensor]  # layout -> |grad| summed per position: [H*W] or [T]
+    channel_mean: dict[str, torch.Tensor]  # layout -> grad averaged over positions: [B, C]
+    leading_tokens: torch.Tensor | None  # tokens: grad of the first MAX_PREFIX_TOKENS tokens [B, k, C]
+    num_tokens: int = 0
+
+    @classmethod
+    def of(cls, grad: torch.Tensor) -> GradStats:
+        grad = grad.detach()
+        if grad.dim() == 4:
+            return cls(
+                energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},
+                channel_mean={"NCHW": grad.mean((2, 3)), "NHWC": grad.mean((1, 2))},
+                leading_tokens=None,
+            )
+        return cls(
+            energy={"tokens": grad.abs().sum((0, 2))},
+            channel_mean={"tokens": grad.sum(1)},  # a sum here: the prefix is taken out per layout
+            leading_tokens=grad[:, :MAX_PREFIX_TOKENS].clone(),
+            num_tokens=int(grad.shape[1]),
+        )
+
+    def cell_energy(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradient energy per image cell, and per prefix token (token layouts only)."""
+        energy = self.energy[layout.kind]
+        if layout.kind != "tokens":
+            return energy, None
+        return energy[layout.prefix_tokens :], energy[: layout.prefix_tokens]
+
+    def channel_weights(self, layout: Layout) -> torch.Tensor:
+        """Grad-CAM's weights: the gradient averaged over the layer's image cells, ``[B, C]``."""
+        if layout.kind != "tokens":
+            return self.channel_mean[layout.kind]
+        prefix = self.leading_tokens[:, : layout.prefix_tokens].sum(1)
+        return (self.channel_mean["tokens"] - prefix) / (self.num_tokens - layout.prefix_tokens)
 
 
 @dataclass
@@ -33,7 +75,7 @@ class CallRecord:
     requires_grad: bool
     grad_fn: Any = None
     version_after: int = -1
-    grad: torch.Tensor | None = None
+    grad: GradStats | None = None
 
     @property
     def overwritten(self) -> bool:
@@ -130,7 +172,7 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
 
                 def keep(grad: torch.Tensor, call: CallRecord = call) -> None:
                     if recording[0]:
-                        call.grad = grad if call.grad is None else call.grad + grad
+                        call.grad = GradStats.of(grad)
 
                 tensor.register_hook(keep)
 

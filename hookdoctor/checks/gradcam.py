@@ -60,17 +60,6 @@ def observed_grids(probe: Probe) -> list[tuple[int, int]]:
     return grids
 
 
-def _cell_energy(call: CallRecord, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradient energy per image cell, and per prefix token (tokens only)."""
-    grad = call.grad.detach().abs()
-    if layout.kind == "NCHW":
-        return grad.sum(dim=(0, 1)).flatten(), None
-    if layout.kind == "NHWC":
-        return grad.sum(dim=(0, 3)).flatten(), None
-    per_token = grad.sum(dim=(0, 2))
-    return per_token[layout.prefix_tokens :], per_token[: layout.prefix_tokens]
-
-
 def judge(record: ModuleRecord, ctx: Context) -> Judgement:
     """Every diagnostic that makes (or would make) ``record`` fail as a Grad-CAM target."""
     j = Judgement(record.name)
@@ -154,7 +143,7 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
         )
         return j
     layout = j.layouts[0]
-    cells, prefix = _cell_energy(call, layout)
+    cells, prefix = call.grad.cell_energy(layout)
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
             picks = ctx.grad_graph.picks_between(call.grad_fn)

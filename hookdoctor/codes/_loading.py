@@ -9,7 +9,8 @@ _LOAD = "loading"
 CODES = (
     Code(
         "HD601", "wrapper-unwrapped", _LOAD, "info",
-        "The model is wrapped (DataParallel, DistributedDataParallel or torch.compile); its inner module was inspected.",
+        "The model is wrapped (DataParallel, DistributedDataParallel or torch.compile); "
+        "its inner module was inspected.",
         """Wrappers prefix every module name (`module.`, `_orig_mod.`) and `torch.compile` ignores
 hooks added after the first compiled call. hookdoctor inspects the wrapped module and
 reports layer names as `named_modules()` of the model you passed spells them, prefix
