@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import networkx as nx
 from torch import nn
 
 from hookdoctor._environment import environment
@@ -20,7 +22,7 @@ from hookdoctor.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.probe import Probe, run_probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report, sort_diagnostics
 from hookdoctor.specs import GradCAMSpec, ScoreModel
-from hookdoctor.tree import module_kind
+from hookdoctor.tree import build_tree, module_kind
 
 METHODS = ("gradcam", "rollout")
 # Recommending a layer stops after this many candidates failed the locality or map check.
@@ -113,6 +115,7 @@ def inspect(
         target_index = int(probe.score.target[0]) if target is None else int(target)
         verdicts = {name: _verdict(name, judgements) for name in requested}
         all_verdicts = {name: _verdict(name, judgements) for name in judgements}
+        aliases = _aliases(build_tree(inner, prefix), all_verdicts)
 
     for verdict in verdicts.values():
         diagnostics += [d for d in verdict.diagnostics if d not in diagnostics]
@@ -120,6 +123,8 @@ def inspect(
     def check_layer(name: str) -> LayerVerdict:
         if name in all_verdicts:
             return all_verdicts[name]
+        if name in aliases:  # the same module object under a second name
+            return dataclasses.replace(all_verdicts[aliases[name]], name=name)
         return _unknown_layer(name, list(all_verdicts))
 
     return Report(
@@ -146,6 +151,17 @@ def _attention_sites(inner: nn.Module, model_input: ModelInput, prefix: str) -> 
     from hookdoctor.attention import find_attention_sites
 
     return sorted({prefix + site.module for site in find_attention_sites(inner, model_input) if site.module})
+
+
+def _aliases(tree: nx.DiGraph, verdicts: dict[str, LayerVerdict]) -> dict[str, str]:
+    """Second names of shared modules (which ``named_modules()`` hides) -> the name judged."""
+    aliases: dict[str, str] = {}
+    for key in tree.nodes:
+        names = tree.nodes[key]["node"].names
+        judged = next((n for n in names if n in verdicts), None)
+        if judged is not None:
+            aliases.update({n: judged for n in names if n != judged})
+    return aliases
 
 
 def _unknown_layer(name: str, names: list[str]) -> LayerVerdict:

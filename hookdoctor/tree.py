@@ -97,10 +97,3 @@ def build_tree(model: nn.Module, prefix: str = "") -> nx.DiGraph:
             parameters=sum(p.numel() for p in module.parameters(recurse=False)),
         )
     return graph
-
-
-def shared_modules(graph: nx.DiGraph) -> list[ModuleNode]:
-    """Modules held by more than one parent (or twice by one): their hooks fire per call."""
-    return [
-        graph.nodes[n]["node"] for n in graph.nodes if graph.in_degree(n) > 1 or len(graph.nodes[n]["node"].names) > 1
-    ]

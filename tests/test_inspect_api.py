@@ -175,3 +175,27 @@ def test_unknown_backend_is_an_input_error() -> None:
     spec = hookdoctor.inspect(_SmallCNN(), torch.randn(1, 3, 16, 16), methods=("gradcam",)).gradcam
     with pytest.raises(InputError, match="pytorch-grad-cam"):
         spec.code("torchcam")
+
+
+class _SharedUnderTwoNames(nn.Module):
+    """One encoder held as `encoder` and as `branches.0`: named_modules() shows only the first name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.branches = nn.ModuleList([self.encoder])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = x.chunk(2, dim=-1)
+        features = torch.cat([self.encoder(left), self.branches[0](right)], dim=-1)
+        return self.head(features.mean((2, 3)))
+
+
+def test_a_shared_module_is_judged_under_its_hidden_second_name() -> None:
+    model = _SharedUnderTwoNames()
+    assert "branches.0" not in dict(model.named_modules())
+    report = hookdoctor.inspect(model, torch.randn(1, 3, 8, 16), methods=("gradcam",))
+    verdict = report.check_layer("branches.0")
+    assert verdict.name == "branches.0" and verdict.usable is False
+    assert [d.code for d in verdict.diagnostics if d.severity == "error"][:1] == ["HD103"]
