@@ -113,8 +113,8 @@ def inspect(
             diagnostics += found
         summaries = analysis.summaries()
         target_index = int(probe.score.target[0]) if target is None else int(target)
-        verdicts = {name: _verdict(name, judgements) for name in requested}
-        all_verdicts = {name: _verdict(name, judgements) for name in judgements}
+        all_verdicts = {name: analysis.verdict(name) for name in judgements}
+        verdicts = {name: all_verdicts.get(name) or _unknown_layer(name, list(all_verdicts)) for name in requested}
         aliases = _aliases(build_tree(inner, prefix), all_verdicts)
 
     for verdict in verdicts.values():
@@ -175,22 +175,6 @@ def _unknown_layer(name: str, names: list[str]) -> LayerVerdict:
         method=GRADCAM,
     )
     return LayerVerdict(name=name, usable=False, diagnostics=[diagnostic], suggestions=close)
-
-
-def _verdict(name: str, judgements: dict[str, Judgement]) -> LayerVerdict:
-    if name not in judgements:
-        return _unknown_layer(name, list(judgements))
-    j = judgements[name]
-    layout = j.layout
-    notes = layout_notes(j, layout) if j.usable and layout is not None else []
-    return LayerVerdict(
-        name=name,
-        usable=j.usable,
-        diagnostics=[*j.diagnostics, *notes],
-        layout=layout.kind if layout else None,
-        grid=layout.grid if layout else None,
-        prefix_tokens=layout.prefix_tokens if layout else None,
-    )
 
 
 class _GradCAMAnalysis:
@@ -367,7 +351,7 @@ class _GradCAMAnalysis:
         )
         return None, found
 
-    def _negative_evidence_notes(self, chosen: str | None) -> list[Diagnostic]:
+    def _negative_evidence_notes(self, chosen: str | None, only: str | None = None) -> list[Diagnostic]:
         target = int(self.probe.score.target[0])
         instead = f"; the spec uses `{chosen}` instead" if chosen else ""
         return [
@@ -380,32 +364,54 @@ class _GradCAMAnalysis:
                 method=GRADCAM,
             )
             for name in self.negative_evidence
+            if only is None or name == only
         ]
+
+    def _grad_note(self, j: Judgement) -> Diagnostic | None:
+        """HD005 when the layer's output would not require grad in the user's own call."""
+        trainable_path = self.context.grad_graph.needs_trainable_parameters(j.call.grad_fn)
+        if trainable_path and self.probe.grad_enabled_by_user:
+            return None
+        why = "its parameters up to this layer are frozen" if not trainable_path else "grad mode was off"
+        return Diagnostic.of(
+            "HD005",
+            f"The output of `{j.name}` would not require grad ({why}); pytorch-grad-cam would skip its "
+            "gradient hook.",
+            "The spec's .model enables grad and makes its input require grad.",
+            layer=j.name,
+            method=GRADCAM,
+        )
+
+    def verdict(self, name: str) -> LayerVerdict:
+        """Everything known about one layer: its failures, and what a spec for it would handle."""
+        j = self.judgements[name]
+        layout = j.layout
+        notes: list[Diagnostic] = []
+        if j.usable and layout is not None:
+            grad_note = self._grad_note(j)
+            notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
+        if name in self.negative_evidence:
+            notes += self._negative_evidence_notes(None, only=name)
+        return LayerVerdict(
+            name=name,
+            usable=j.usable,
+            diagnostics=[*j.diagnostics, *notes],
+            layout=layout.kind if layout else None,
+            grid=layout.grid if layout else None,
+            prefix_tokens=layout.prefix_tokens if layout else None,
+        )
 
     def _spec(self, j: Judgement, layout: Layout, reasons: tuple[str, ...]) -> tuple[GradCAMSpec, list[Diagnostic]]:
         score = self.probe.score
-        trainable_path = self.context.grad_graph.needs_trainable_parameters(j.call.grad_fn)
-        needs_grad_fix = not trainable_path or not self.probe.grad_enabled_by_user
+        grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
         pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
-        if score.selector.how == "tensor" and pre_activation is None and not needs_grad_fix and not extra_args:
+        if score.selector.how == "tensor" and pre_activation is None and grad_note is None and not extra_args:
             score_model: nn.Module = self.model
         else:
             template = self.model_input if extra_args else None
             score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
-        notes = layout_notes(j, layout)
-        if needs_grad_fix:
-            why = "its parameters up to this layer are frozen" if not trainable_path else "grad mode was off"
-            notes.append(
-                Diagnostic.of(
-                    "HD005",
-                    f"The output of `{j.name}` would not require grad ({why}); pytorch-grad-cam would skip its "
-                    "gradient hook.",
-                    "The spec's .model enables grad and makes its input require grad.",
-                    layer=j.name,
-                    method=GRADCAM,
-                )
-            )
+        notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
         score_text = score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"

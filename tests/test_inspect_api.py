@@ -199,3 +199,18 @@ def test_a_shared_module_is_judged_under_its_hidden_second_name() -> None:
     verdict = report.check_layer("branches.0")
     assert verdict.name == "branches.0" and verdict.usable is False
     assert [d.code for d in verdict.diagnostics if d.severity == "error"][:1] == ["HD103"]
+
+
+def test_check_layer_carries_the_notes_a_spec_for_that_layer_would_carry() -> None:
+    from fixtures import pathological
+
+    frozen = pathological.frozen_cnn()
+    report = hookdoctor.inspect(frozen, pathological.example_input("frozen_cnn"), methods=("gradcam",))
+    verdict = report.check_layer(report.gradcam.layer_name)
+    assert verdict.usable and "HD005" in [d.code for d in verdict.diagnostics]
+
+    binary = pathological.negative_evidence_binary()
+    report = hookdoctor.inspect(binary, pathological.example_input("negative_evidence_binary"), methods=("gradcam",))
+    empty = [d.layer for d in report.diagnostics if d.code == "HD204"]
+    assert empty, "the fixture's last block holds only negative evidence"
+    assert "HD204" in [d.code for d in report.check_layer(empty[0]).diagnostics]
