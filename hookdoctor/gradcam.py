@@ -1,0 +1,334 @@
+"""The Grad-CAM side of ``inspect``: judge every layer from one probe, recommend one, build its spec.
+
+The recommended layer is the last one, in execution order, that runs once, returns a
+plain tensor no later in-place operation rewrites, is laid out as a grid or a token
+sequence over the input, receives gradient from the score at every image cell, lies
+outside the attention internals, and - checked on the probe's own graph - has cells that
+line up with the input and a working map. Among modules returning the same tensor, the
+deepest one with children (a block boundary) is named.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hookdoctor._inputs import ModelInput
+from hookdoctor.checks.gradcam import GRADCAM, Context, Judgement, judge, layout_notes, observed_grids
+from hookdoctor.gradpath import GradGraph
+from hookdoctor.layout import Layout, prefix_token_hint
+from hookdoctor.locality import gradcam_map, is_working_map, lines_up
+from hookdoctor.probe import Probe
+from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
+from hookdoctor.specs import GradCAMSpec, ScoreModel
+from hookdoctor.tree import module_kind
+
+# Recommending a layer stops after this many candidates failed the locality or map check.
+_MAX_TRIES = 12
+
+
+class GradCAMAnalysis:
+    """Judges every module from one probe and picks the layer to recommend."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner: nn.Module,
+        prefix: str,
+        model_input: ModelInput,
+        probe: Probe,
+        attention_sites: list[str],
+    ) -> None:
+        self.model = model
+        self.inner = inner
+        self.prefix = prefix
+        self.model_input = model_input
+        self.probe = probe
+        self.attention_sites = attention_sites
+        self.context = Context(
+            probe=probe,
+            grad_graph=GradGraph(probe.score.value, list(inner.parameters())),
+            prefix_hint=prefix_token_hint(inner),
+            observed_grids=observed_grids(probe),
+        )
+        self.judgements = {name: judge(record, self.context) for name, record in probe.records.items()}
+        self.negative_evidence: list[str] = []
+
+    # -- model-level findings -------------------------------------------------------------
+    def model_diagnostics(self) -> list[Diagnostic]:
+        score = self.probe.score
+        found: list[Diagnostic] = []
+        if score.selector.how != "tensor":
+            found.append(
+                Diagnostic.of(
+                    "HD001",
+                    f"The model returns {score.output_structure}; attribution libraries need the score tensor "
+                    f"{score.selector.expression('output')}.",
+                    "The spec's .model is a wrapper that returns it; pass spec.model, not the raw model, "
+                    "to the library.",
+                    method=GRADCAM,
+                )
+            )
+        if score.other_heads:
+            found.append(
+                Diagnostic.of(
+                    "HD002",
+                    f"The model returns several score tensors; {score.selector.expression('output')} was explained "
+                    f"and {', '.join(score.other_heads)} passed over.",
+                    "If you meant another head, wrap the model so that it returns that head, and inspect the wrapper.",
+                    method=GRADCAM,
+                )
+            )
+        if score.zero_head:
+            found.append(
+                Diagnostic.of(
+                    "HD003",
+                    f"The head `{score.zero_head}` has all-zero weights, so the score's gradient is zero for every "
+                    "layer; layers were judged with a surrogate score instead.",
+                    "Load trained weights (or re-initialise the head) before reading any map from this model.",
+                    layer=score.zero_head,
+                    method=GRADCAM,
+                )
+            )
+        elif self.probe.input_gradient_zero:
+            found.append(
+                Diagnostic.of(
+                    "HD203",
+                    "The explained score does not depend on the input image at all (its gradient is zero).",
+                    "Check the model's head and weights: a constant score has nothing to explain.",
+                    method=GRADCAM,
+                )
+            )
+        if score.pre_activation:
+            found.append(
+                Diagnostic.of(
+                    "HD004",
+                    f"The model ends in `{score.pre_activation}` (softmax/sigmoid)"
+                    f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
+                    f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
+                    "The spec's .model returns the input of that module; explain logits, not probabilities.",
+                    layer=score.pre_activation,
+                    method=GRADCAM,
+                    severity="warning" if score.saturated else "info",
+                )
+            )
+        return found
+
+    # -- recommendation -------------------------------------------------------------------
+    def _is_attention_internal(self, name: str) -> bool:
+        return any(name == site or name.startswith(site + ".") for site in self.attention_sites)
+
+    def _candidates(self) -> list[Judgement]:
+        found = []
+        for name, j in self.judgements.items():
+            if not j.usable or j.layout is None or j.call is None:
+                continue
+            kind = module_kind(self.probe.records[name].module)
+            if kind in ("pooling", "dropout") or self._is_attention_internal(name):
+                continue
+            found.append(j)
+        return sorted(found, key=lambda j: j.call.order, reverse=True)
+
+    def _representative(self, group: list[Judgement]) -> Judgement:
+        """Of the modules returning the same tensor, the deepest one with children (a block), else the creator."""
+
+        def rank(j: Judgement) -> tuple[int, int, int]:
+            has_children = next(self.probe.records[j.name].module.children(), None) is not None
+            return (1 if has_children else 0, j.name.count("."), -j.call.order)
+
+        blocks = [j for j in group if next(self.probe.records[j.name].module.children(), None) is not None]
+        if blocks:
+            return max(blocks, key=rank)
+        return min(group, key=lambda j: j.call.order)
+
+    def _confirm(self, j: Judgement) -> Layout | None:
+        """The first layout of ``j`` whose cells line up with the input and whose map works.
+
+        A layout that lines up but whose map is empty only because the class has negative
+        evidence there is remembered in ``self.negative_evidence`` for a warning.
+        """
+        call = j.call
+        for layout in j.layouts:
+            if not lines_up(call.tensor, self.probe.image, layout):
+                continue
+            weights = call.grad.channel_weights(layout)
+            if is_working_map(gradcam_map(call.tensor, weights, layout)):
+                return layout
+            if is_working_map(gradcam_map(call.tensor, -weights, layout)):
+                self.negative_evidence.append(j.name)
+                return None
+        return None
+
+    def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
+        found: list[Diagnostic] = []
+        for name in requested:
+            j = self.judgements.get(name)
+            if j is not None and j.usable and j.layout is not None:
+                layout = self._confirm(j)
+                if layout is not None:
+                    spec, notes = self._spec(j, layout, (f"`{name}` was named and works",))
+                    return spec, found + notes
+        candidates = self._candidates()
+        tried: set[int] = set()
+        attempts = 0
+        for j in candidates:
+            key = id(j.call.tensor)
+            if key in tried:
+                continue
+            tried.add(key)
+            group = [c for c in candidates if id(c.call.tensor) == key]
+            choice = self._representative(group)
+            layout = self._confirm(choice)
+            if layout is not None:
+                reasons = (
+                    "the last layer (in execution order) that runs once and returns a plain tensor",
+                    f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
+                    "receives gradient from the score at every image cell and is not rewritten in place",
+                )
+                spec, notes = self._spec(choice, layout, reasons)
+                return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
+            attempts += 1
+            if attempts >= _MAX_TRIES:
+                break
+        found += self._negative_evidence_notes(None)
+        found.append(
+            Diagnostic.of(
+                "HD203",
+                "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
+                "Read the layer findings; hookdoctor explain HD203.",
+                method=GRADCAM,
+            )
+        )
+        return None, found
+
+    def _negative_evidence_notes(self, chosen: str | None, only: str | None = None) -> list[Diagnostic]:
+        target = int(self.probe.score.target[0])
+        instead = f"; the spec uses `{chosen}` instead" if chosen else ""
+        return [
+            Diagnostic.of(
+                "HD204",
+                f"Grad-CAM at `{name}` is all zeros for class {target}: the layer holds only negative "
+                f"evidence for it{instead}.",
+                "Explain the predicted class or the negative score, or read the signed map; hookdoctor explain HD204.",
+                layer=name,
+                method=GRADCAM,
+            )
+            for name in self.negative_evidence
+            if only is None or name == only
+        ]
+
+    def _grad_note(self, j: Judgement) -> Diagnostic | None:
+        """HD005 when the layer's output would not require grad in the user's own call."""
+        trainable_path = self.context.grad_graph.needs_trainable_parameters(j.call.grad_fn)
+        if trainable_path and self.probe.grad_enabled_by_user:
+            return None
+        why = "its parameters up to this layer are frozen" if not trainable_path else "grad mode was off"
+        return Diagnostic.of(
+            "HD005",
+            f"The output of `{j.name}` would not require grad ({why}); pytorch-grad-cam would skip its gradient hook.",
+            "The spec's .model enables grad and makes its input require grad.",
+            layer=j.name,
+            method=GRADCAM,
+        )
+
+    def verdict(self, name: str) -> LayerVerdict:
+        """Everything known about one layer: its failures, and what a spec for it would handle."""
+        j = self.judgements[name]
+        layout = j.layout
+        notes: list[Diagnostic] = []
+        if j.usable and layout is not None:
+            grad_note = self._grad_note(j)
+            notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
+        if name in self.negative_evidence:
+            notes += self._negative_evidence_notes(None, only=name)
+        return LayerVerdict(
+            name=name,
+            usable=j.usable,
+            diagnostics=[*j.diagnostics, *notes],
+            layout=layout.kind if layout else None,
+            grid=layout.grid if layout else None,
+            prefix_tokens=layout.prefix_tokens if layout else None,
+        )
+
+    def _spec(self, j: Judgement, layout: Layout, reasons: tuple[str, ...]) -> tuple[GradCAMSpec, list[Diagnostic]]:
+        score = self.probe.score
+        grad_note = self._grad_note(j)
+        extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
+        pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
+        if score.selector.how == "tensor" and pre_activation is None and grad_note is None and not extra_args:
+            score_model: nn.Module = self.model
+        else:
+            template = self.model_input if extra_args else None
+            score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
+        notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
+        score_text = score.selector.expression("model(x)")
+        if score.pre_activation:
+            score_text = f"the input of `{score.pre_activation}` (the logit)"
+        spec = GradCAMSpec(
+            layer_name=j.name,
+            layer=self.probe.records[j.name].module,
+            reshape_transform=layout.transform(),
+            model=score_model,
+            grid=layout.grid,
+            layout=layout,
+            reasons=reasons,
+            score=score_text,
+        )
+        return spec, notes
+
+    def pitfalls(self, spec: GradCAMSpec | None) -> list[Diagnostic]:
+        """The dead layers people usually pick (the last block, the final norm), said up front.
+
+        Every module after a ViT's last attention step fails with HD201; listing all of
+        them would bury the point. The outermost dead blocks of a block stack and dead norms
+        outside them are the layers tutorials name, so those are reported (as info: the
+        spec avoids them).
+        """
+        dead = [name for name, j in self.judgements.items() if any(d.code == "HD201" for d in j.diagnostics)]
+        instead = f"; the spec uses `{spec.layer_name}` instead" if spec is not None else ""
+        live = spec.layer_name if spec is not None else ""
+        included: list[str] = []
+        for name in sorted(dead, key=lambda n: (n.count("."), n)):
+            if module_kind(self.probe.records[name].module) not in ("block", "norm"):
+                continue
+            parent = name.rsplit(".", 1)[0] if "." in name else None
+            in_a_stack = parent is not None and module_kind(self.probe.records[parent].module) == "container"
+            if live.startswith(name + ".") and not in_a_stack:
+                continue  # the backbone as a whole: it holds the live layer too
+            if any(name.startswith(block + ".") for block in included):
+                continue
+            included.append(name)
+        found = []
+        for name in included:
+            diagnostic = next(d for d in self.judgements[name].diagnostics if d.code == "HD201")
+            found.append(
+                Diagnostic.of(
+                    "HD201",
+                    diagnostic.message.rstrip(".") + instead + ".",
+                    diagnostic.fix,
+                    layer=name,
+                    method=GRADCAM,
+                    severity="info",
+                )
+            )
+        return found
+
+    # -- summaries ------------------------------------------------------------------------
+    def summaries(self) -> list[LayerSummary]:
+        out = []
+        for name, j in self.judgements.items():
+            record = self.probe.records[name]
+            layout = j.layout
+            out.append(
+                LayerSummary(
+                    name=name,
+                    type=type(record.module).__name__,
+                    kind="attention" if name in self.attention_sites else module_kind(record.module),
+                    calls=len(record.calls),
+                    output=record.calls[0].structure if record.calls else "-",
+                    layout=layout.kind if layout and j.usable else None,
+                    grid=layout.grid if layout and j.usable else None,
+                    usable=None if j.holds_only else j.usable,
+                    codes=() if j.holds_only else tuple(dict.fromkeys(d.code for d in j.diagnostics)),
+                )
+            )
+        return out
