@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import networkx as nx
+import torch
 from torch import nn
 
 from hookdoctor._environment import environment
@@ -17,7 +18,7 @@ from hookdoctor._unwrap import unwrap
 from hookdoctor.checks.gradcam import GRADCAM
 from hookdoctor.errors import InputError
 from hookdoctor.gradcam import GradCAMAnalysis
-from hookdoctor.probe import run_probe
+from hookdoctor.probe import Probe, run_probe
 from hookdoctor.report import Diagnostic, LayerVerdict, Report, sort_diagnostics
 from hookdoctor.specs import GradCAMSpec
 from hookdoctor.tree import build_tree
@@ -89,6 +90,7 @@ def inspect(
         inner.eval()
         probe = run_probe(inner, model_input, target, prefix)  # first: it reports a raising forward
         sites = _attention_sites(inner, model_input, prefix)
+        diagnostics += _determinism(inner, model_input, probe)
         analysis = GradCAMAnalysis(model, inner, prefix, model_input, probe, sites)
         judgements = analysis.judgements
         diagnostics += analysis.model_diagnostics()
@@ -140,6 +142,25 @@ def inspect(
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return list(dict.fromkeys(diagnostics))
+
+
+def _determinism(inner: nn.Module, model_input: ModelInput, probe: Probe) -> list[Diagnostic]:
+    """HD006 when a second forward on the same input scores differently (randomness at inference)."""
+    with torch.no_grad():
+        again = probe.score.selector(model_input.call(inner))
+    first = probe.score.selected
+    if again.shape == first.shape and torch.allclose(again.float(), first.float(), rtol=1e-4, atol=1e-5):
+        return []
+    change = float((again.float() - first.float()).abs().max())
+    return [
+        Diagnostic.of(
+            "HD006",
+            f"Two forward passes on the same input gave scores that differ by up to {change:.3g} in eval mode: "
+            "something random runs at inference, so every map changes from call to call.",
+            "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
+            "explaining it; hookdoctor explain HD006.",
+        )
+    ]
 
 
 def _attention_sites(inner: nn.Module, model_input: ModelInput, prefix: str) -> list[str]:

@@ -97,7 +97,8 @@ class Score:
     selector: OutputSelector
     other_heads: list[str]
     output_structure: str
-    logits: torch.Tensor
+    logits: torch.Tensor  # what is differentiated: the selected score, or the logit before a final softmax
+    selected: torch.Tensor  # the selected score as the model returns it
     target: torch.Tensor  # [B] class per sample
     pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
     saturated: bool
@@ -249,6 +250,7 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
         other_heads=other_heads,
         output_structure=describe(output),
         logits=scored.detach(),
+        selected=logits.detach(),
         target=target_idx,
         pre_activation=pre_activation,
         saturated=saturated,

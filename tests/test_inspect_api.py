@@ -214,3 +214,22 @@ def test_check_layer_carries_the_notes_a_spec_for_that_layer_would_carry() -> No
     empty = [d.layer for d in report.diagnostics if d.code == "HD204"]
     assert empty, "the fixture's last block holds only negative evidence"
     assert "HD204" in [d.code for d in report.check_layer(empty[0]).diagnostics]
+
+
+def test_randomness_at_inference_changes_the_map_and_is_diagnosed() -> None:
+    from helpers import spec_gradcam
+
+    from fixtures import pathological
+
+    model, x = pathological.mc_dropout_cnn(), pathological.example_input("mc_dropout_cnn")
+    report = hookdoctor.inspect(model, x, methods=("gradcam",))
+    # the failure, with the real backend: the same input, two different maps
+    assert not np.allclose(spec_gradcam(report.gradcam, x), spec_gradcam(report.gradcam, x))
+    found = [d for d in report.diagnostics if d.code == "HD006"]
+    assert found and found[0].severity == "warning" and hookdoctor.explain("HD006").strip()
+    # the fix: with dropout that respects eval(), maps repeat and the warning is gone
+    fixed = pathological.pooled_cnn()
+    fixed.load_state_dict(model.state_dict())
+    report = hookdoctor.inspect(fixed, x, methods=("gradcam",))
+    assert "HD006" not in [d.code for d in report.diagnostics]
+    np.testing.assert_array_equal(spec_gradcam(report.gradcam, x), spec_gradcam(report.gradcam, x))

@@ -75,6 +75,20 @@ activation on the way to the score carries a gradient without unfreezing any par
         applies="spec",
     ),
     Code(
+        "HD006", "nondeterministic-forward", _MODEL, "warning",
+        "Two forward passes on the same input gave different scores, in eval mode.",
+        """Something random runs at inference: ViTMAE's random masking (it shuffles tokens with
+fresh noise even with mask_ratio=0 and in eval mode), dropout called as
+`F.dropout(x, training=True)`, Monte-Carlo dropout, stochastic depth left on. Every
+attribution map then changes from call to call, and the activations pytorch-grad-cam stores
+belong to a different pass than the one you look at; for ViTMAE the token order no longer
+matches the image grid.
+
+Make the forward deterministic before explaining it: pass the masking noise explicitly
+(ViTMAE: `noise=torch.arange(L).expand(B, L)`, `mask_ratio=0`), or use dropout modules
+that respect `eval()`.""",
+    ),
+    Code(
         "HD101", "unknown-layer", _NAMING, "error",
         "No module has exactly this name.",
         """hookdoctor looks layers up by their exact dotted name, as `model.named_modules()` spells
