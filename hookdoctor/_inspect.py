@@ -91,7 +91,7 @@ def inspect(
         probe = run_probe(inner, model_input, target, prefix)  # first: it reports a raising forward
         sites = _attention_sites(inner, model_input, prefix)
         diagnostics += _determinism(inner, model_input, probe)
-        analysis = GradCAMAnalysis(model, inner, prefix, model_input, probe, sites)
+        analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
         judgements = analysis.judgements
         diagnostics += analysis.model_diagnostics()
         if "gradcam" in wanted or requested:

@@ -33,14 +33,11 @@ class GradCAMAnalysis:
         self,
         model: nn.Module,
         inner: nn.Module,
-        prefix: str,
         model_input: ModelInput,
         probe: Probe,
         attention_sites: list[str],
     ) -> None:
         self.model = model
-        self.inner = inner
-        self.prefix = prefix
         self.model_input = model_input
         self.probe = probe
         self.attention_sites = attention_sites
@@ -130,21 +127,17 @@ class GradCAMAnalysis:
 
     def _representative(self, group: list[Judgement]) -> Judgement:
         """Of the modules returning the same tensor, the deepest one with children (a block), else the creator."""
-
-        def rank(j: Judgement) -> tuple[int, int, int]:
-            has_children = next(self.probe.records[j.name].module.children(), None) is not None
-            return (1 if has_children else 0, j.name.count("."), -j.call.order)
-
         blocks = [j for j in group if next(self.probe.records[j.name].module.children(), None) is not None]
         if blocks:
-            return max(blocks, key=rank)
+            return max(blocks, key=lambda j: (j.name.count("."), -j.call.order))
         return min(group, key=lambda j: j.call.order)
 
     def _confirm(self, j: Judgement) -> Layout | None:
         """The first layout of ``j`` whose cells line up with the input and whose map works.
 
         A layout that lines up but whose map is empty only because the class has negative
-        evidence there is remembered in ``self.negative_evidence`` for a warning.
+        evidence there is remembered in ``self.negative_evidence`` for a warning; a layer
+        none of whose layouts lines up gets HD306.
         """
         call = j.call
         for layout in j.layouts:
@@ -156,6 +149,14 @@ class GradCAMAnalysis:
             if is_working_map(gradcam_map(call.tensor, -weights, layout)):
                 self.negative_evidence.append(j.name)
                 return None
+            return None
+        j.add(
+            "HD306",
+            f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
+            "gradient of a corner cell peaks elsewhere, so a map from it would be drawn in the wrong places.",
+            "Hook a layer whose cells follow the image, or pass the model's prefix-token count and grid if they "
+            "are unusual.",
+        )
         return None
 
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:

@@ -233,3 +233,21 @@ def test_randomness_at_inference_changes_the_map_and_is_diagnosed() -> None:
     report = hookdoctor.inspect(fixed, x, methods=("gradcam",))
     assert "HD006" not in [d.code for d in report.diagnostics]
     np.testing.assert_array_equal(spec_gradcam(report.gradcam, x), spec_gradcam(report.gradcam, x))
+
+
+def test_a_grid_whose_cells_do_not_follow_the_image_is_caught_by_the_locality_probe() -> None:
+    from helpers import assert_aligned, corr, run_pytorch_grad_cam
+
+    from fixtures import pathological
+
+    model, x = pathological.mirrored_features_cnn(), pathological.example_input("mirrored_features_cnn")
+    # the failure, with the real backend: a plausible map, mirrored left-right
+    mirrored = run_pytorch_grad_cam(model, [model.mirror], x).raw[0][0]
+    upright = run_pytorch_grad_cam(model, [model.features], x).raw[0][0]
+    assert corr(mirrored, upright[:, ::-1]) > 0.99 and corr(mirrored, upright) < 0.9
+    report = hookdoctor.inspect(model, x, methods=("gradcam",), layer="mirror")
+    verdict = report.check_layer("mirror")
+    assert not verdict.usable and "HD306" in [d.code for d in verdict.diagnostics]
+    # the fix: the spec names the upright layer, and its cells line up
+    assert report.gradcam.layer_name == "features"
+    assert_aligned(report.gradcam, x, tolerance=1)
