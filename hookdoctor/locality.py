@@ -2,8 +2,11 @@
 
 The gradient of one cell (its channels mixed with a fixed random vector: a plain channel
 sum is constant after LayerNorm) with respect to the input must peak at that cell -
-exactly for token layouts, where each patch keeps its own residual stream, and within one
-cell for convolutions, whose receptive fields spread. This is what tells a correct prefix
+exactly for token layouts, where each patch keeps its own residual stream. Convolutions
+spread: their peak must lie within one cell, or - for deep networks whose receptive
+fields cover most of the image and pull every peak towards the centre (Inception) - the
+centres of mass of the probe cells must at least keep the grid's order, which is what a
+mirrored, transposed or mis-laid-out grid breaks. This is what tells a correct prefix
 count and grid orientation from one that only happens to have the right number of tokens.
 """
 
@@ -24,7 +27,7 @@ def probe_cells(grid: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout) -> bool:
-    """True when every probe cell's input gradient peaks within tolerance of that cell.
+    """True when every probe cell's input gradient peaks at that cell (see the module doc).
 
     ``output`` must still be attached to the graph that produced it from ``image``
     (the probe keeps that graph).
@@ -36,7 +39,9 @@ def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout) -> bool:
         return False
     tolerance = 0 if layout.kind == "tokens" else 1
     mix = torch.randn(fmap.shape[1], generator=torch.Generator().manual_seed(1)).to(fmap)
-    for i, j in probe_cells((h, w)):
+    cells = probe_cells((h, w))
+    energies = []
+    for i, j in cells:
         with torch.enable_grad():
             (grad,) = torch.autograd.grad((fmap[0, :, i, j] * mix).sum(), image, retain_graph=True, allow_unused=True)
         if grad is None:
@@ -44,9 +49,27 @@ def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout) -> bool:
         energy = F.adaptive_avg_pool2d(grad[:1].abs().sum(1, keepdim=True), (h, w))[0, 0]
         if not bool(energy.max() > 0):
             return False
-        r, c = divmod(int(energy.argmax()), w)
-        if abs(r - i) > tolerance or abs(c - j) > tolerance:
-            return False
+        energies.append(energy)
+    peaks = [divmod(int(energy.argmax()), w) for energy in energies]
+    if all(abs(r - i) <= tolerance and abs(c - j) <= tolerance for (i, j), (r, c) in zip(cells, peaks, strict=True)):
+        return True
+    return layout.kind != "tokens" and _keeps_order(cells, [_centre_of_mass(e) for e in energies])
+
+
+def _centre_of_mass(energy: torch.Tensor) -> tuple[float, float]:
+    h, w = energy.shape
+    total = energy.sum()
+    rows = (energy.sum(1) * torch.arange(h, dtype=energy.dtype)).sum() / total
+    cols = (energy.sum(0) * torch.arange(w, dtype=energy.dtype)).sum() / total
+    return float(rows), float(cols)
+
+
+def _keeps_order(cells: list[tuple[int, int]], centres: list[tuple[float, float]]) -> bool:
+    """Cells further down (right) must have their input centre of mass further down (right)."""
+    for (i1, j1), (r1, c1) in zip(cells, centres, strict=True):
+        for (i2, j2), (r2, c2) in zip(cells, centres, strict=True):
+            if (i1 < i2 and not r1 < r2) or (j1 < j2 and not c1 < c2):
+                return False
     return True
 
 

@@ -87,3 +87,13 @@ def test_nhwc_transform_permutes() -> None:
     assert transform(x).shape == (1, 7, 3, 5)
     assert torch.equal(transform.inverse(transform(x), x), x)
     assert Layout("NCHW", (3, 5), 7).transform() is None
+
+
+def test_order_check_accepts_centre_pulled_peaks_and_rejects_mirrors() -> None:
+    from hookdoctor.locality import _keeps_order
+
+    cells = [(1, 1), (1, 6), (6, 1), (6, 6)]
+    # Inception's last block: every peak pulled towards the centre, order kept
+    assert _keeps_order(cells, [(2.0, 2.1), (2.2, 4.0), (3.1, 2.9), (4.8, 5.0)])
+    # a left-right mirror keeps rows but reverses columns
+    assert not _keeps_order(cells, [(1.0, 6.0), (1.0, 1.0), (6.0, 6.0), (6.0, 1.0)])
