@@ -140,15 +140,17 @@ class GradCAMAnalysis:
         none of whose layouts lines up gets HD306.
         """
         call = j.call
-        for layout in j.layouts:
-            if not lines_up(call.tensor, self.probe.image, layout):
-                continue
+        layout = next((lay for lay in j.layouts if lines_up(call.tensor, self.probe.image, lay)), None)
+        if layout is None:
+            layout = next(
+                (lay for lay in j.layouts if lines_up(call.tensor, self.probe.image, lay, strict=False)), None
+            )
+        if layout is not None:
             weights = call.grad.channel_weights(layout)
             if is_working_map(gradcam_map(call.tensor, weights, layout)):
                 return layout
             if is_working_map(gradcam_map(call.tensor, -weights, layout)):
                 self.negative_evidence.append(j.name)
-                return None
             return None
         j.add(
             "HD306",
