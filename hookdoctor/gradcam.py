@@ -49,6 +49,7 @@ class GradCAMAnalysis:
         )
         self.judgements = {name: judge(record, self.context) for name, record in probe.records.items()}
         self.negative_evidence: list[str] = []
+        self.coarse: list[str] = []  # layers whose cells keep the image's order only (the relaxed locality test)
 
     # -- model-level findings -------------------------------------------------------------
     def model_diagnostics(self) -> list[Diagnostic]:
@@ -145,6 +146,8 @@ class GradCAMAnalysis:
             layout = next(
                 (lay for lay in j.layouts if lines_up(call.tensor, self.probe.image, lay, strict=False)), None
             )
+            if layout is not None:
+                self.coarse.append(j.name)
         if layout is not None:
             weights = call.grad.channel_weights(layout)
             if is_working_map(gradcam_map(call.tensor, weights, layout)):
@@ -219,6 +222,20 @@ class GradCAMAnalysis:
             if only is None or name == only
         ]
 
+    def _coarse_notes(self, name: str) -> list[Diagnostic]:
+        if name not in self.coarse:
+            return []
+        return [
+            Diagnostic.of(
+                "HD307",
+                f"The cells of `{name}` keep the image's order, but their input gradients peak more than a cell "
+                "away from them: each cell looks at much of the image, so the map is coarse.",
+                "Prefer an earlier layer for a sharper map (--layer), or check the map on a batch of two inputs.",
+                layer=name,
+                method=GRADCAM,
+            )
+        ]
+
     def _grad_note(self, j: Judgement) -> Diagnostic | None:
         """HD005 when the layer's output would not require grad in the user's own call."""
         trainable_path = self.context.grad_graph.needs_trainable_parameters(j.call.grad_fn)
@@ -243,6 +260,7 @@ class GradCAMAnalysis:
             notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
         if name in self.negative_evidence:
             notes += self._negative_evidence_notes(None, only=name)
+        notes += self._coarse_notes(name)
         return LayerVerdict(
             name=name,
             usable=j.usable,
@@ -262,7 +280,7 @@ class GradCAMAnalysis:
         else:
             template = self.model_input if extra_args else None
             score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
-        notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
+        notes = layout_notes(j, layout) + ([grad_note] if grad_note else []) + self._coarse_notes(j.name)
         score_text = score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
