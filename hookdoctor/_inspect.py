@@ -53,12 +53,15 @@ def inspect(
     target: int | None = None,
     methods: str | Iterable[str] = METHODS,
     layer: str | Sequence[str] | None = None,
+    output: str | int | None = None,
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
-    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). The model comes
-    back untouched: hooks, training flags, requires_grad, .grad, attention settings and
-    parameters are as they were, also when its forward raises.
+    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``output`` names
+    the score in a model that returns several (a ModelOutput field or dict key, or a tuple
+    index); by default the ``logits`` field, else the first 2-D tensor, is explained. The
+    model comes back untouched: hooks, training flags, requires_grad, .grad, attention
+    settings and parameters are as they were, also when its forward raises.
     """
     wanted = _methods(methods)
     inner, prefix, wrappers = unwrap(model)
@@ -88,7 +91,7 @@ def inspect(
     with preserved(model):
         was_training = inner.training
         inner.eval()
-        probe = run_probe(inner, model_input, target, prefix)  # first: it reports a raising forward
+        probe = run_probe(inner, model_input, target, prefix, output)  # first: it reports a raising forward
         sites = _attention_sites(inner, model_input, prefix)
         diagnostics += _determinism(inner, model_input, probe)
         analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)

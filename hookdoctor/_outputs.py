@@ -83,3 +83,27 @@ def find_score(output: Any) -> tuple[OutputSelector, list[str]] | None:
     if not candidates:
         return None
     return candidates[0][0], [label for _, label in candidates[1:]]
+
+
+def select_output(output: Any, key: str | int) -> OutputSelector:
+    """The selector for the score the user named (``output=``), or InputError saying what exists."""
+    from hookdoctor.errors import InputError
+
+    if isinstance(output, torch.Tensor):
+        raise InputError(f"output={key!r} was given, but the model returns a single tensor; leave output unset.")
+    if isinstance(output, Mapping):
+        how = "attr" if hasattr(output, "to_tuple") else "key"
+        value = output.get(key) if isinstance(key, str) else None
+        available = ", ".join(repr(k) for k in output.keys())
+    elif isinstance(output, (tuple, list)):
+        how = "index"
+        value = output[key] if isinstance(key, int) and -len(output) <= key < len(output) else None
+        available = f"indices 0..{len(output) - 1}"
+    else:
+        raise InputError(f"output={key!r} was given, but the model returns {describe(output)}.")
+    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+        raise InputError(
+            f"output={key!r} does not name a [batch, classes] tensor in the model's {describe(output)}; "
+            f"choose one of: {available}."
+        )
+    return OutputSelector(how, key)

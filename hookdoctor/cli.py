@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", metavar="CLASS", type=int, help="class index to explain (default: top class)"
     )
     inspect.add_argument(
+        "--output",
+        metavar="KEY",
+        type=_parse_output,
+        help="the score to explain when the model returns several: a field/key name or a tuple index",
+    )
+    inspect.add_argument(
         "--json", action="store_true", help="print report.to_dict() as JSON on stdout, nothing else"
     )
     inspect.add_argument("--strict", action="store_true", help="count warnings as failures (exit 1)")
@@ -165,6 +171,11 @@ def _parse_shape(text: str) -> tuple[int, ...]:
             f"{text!r} is not four positive sizes B,C,H,W; write it like 1,3,224,224"
         )
     return shape
+
+
+def _parse_output(text: str) -> str | int:
+    """A tuple index when it is a whole number, else a field or key name."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _parse_methods(text: str) -> tuple[str, ...]:
@@ -327,6 +338,7 @@ def _load_and_inspect(args: argparse.Namespace, methods: tuple[str, ...]) -> tup
             loaded.model,
             input_shape=input_shape,
             target=args.target,
+            output=args.output,
             methods=methods,
             layer=args.layer,
         )

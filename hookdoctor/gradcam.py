@@ -72,7 +72,8 @@ class GradCAMAnalysis:
                     "HD002",
                     f"The model returns several score tensors; {score.selector.expression('output')} was explained "
                     f"and {', '.join(score.other_heads)} passed over.",
-                    "If you meant another head, wrap the model so that it returns that head, and inspect the wrapper.",
+                    "If you meant another head, name it: inspect(..., output=KEY_OR_INDEX) (--output on the command "
+                    "line).",
                     method=GRADCAM,
                 )
             )

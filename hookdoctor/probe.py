@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hookdoctor._inputs import ModelInput
-from hookdoctor._outputs import OutputSelector, describe, find_score, primary_tensor
+from hookdoctor._outputs import OutputSelector, describe, find_score, primary_tensor, select_output
 from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.layout import MAX_PREFIX_TOKENS, Layout
 
@@ -139,7 +139,13 @@ def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
     return torch.full((logits.shape[0],), int(target), dtype=torch.long, device=logits.device)
 
 
-def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, name_prefix: str = "") -> Probe:
+def run_probe(
+    model: nn.Module,
+    model_input: ModelInput,
+    target: int | None,
+    name_prefix: str = "",
+    output_key: str | int | None = None,
+) -> Probe:
     """Run ``model`` once forward and once backward. The caller restores the model (``preserved``)."""
     grad_enabled_by_user = torch.is_grad_enabled()
     records: dict[str, ModuleRecord] = {}
@@ -206,7 +212,7 @@ def run_probe(model: nn.Module, model_input: ModelInput, target: int | None, nam
             if call.tensor is not None:
                 call.version_after = call.tensor._version
 
-    found = find_score(output)
+    found = find_score(output) if output_key is None else (select_output(output, output_key), [])
     if found is None:
         raise InputError(
             f"The model returned {describe(output)}, which holds no [batch, classes] score tensor to "

@@ -218,3 +218,13 @@ def test_hf_id_from_the_local_cache_json_stays_clean(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["gradcam"]["layer_name"] == "vit.layers.5.layernorm_before"
     assert "\x1b[" not in result.stdout
+
+
+def test_output_selects_the_head_and_clears_the_warning(capsys):
+    two_heads = f"{ROOT / 'fixtures' / 'pathological.py'}:tuple_output_model"
+    args = ("inspect", two_heads, "--input-shape", "1,3,16,16", "--method", "gradcam", "--json", "--strict")
+    code, out, _ = run(capsys, *args)
+    assert code == 1 and "HD002" in [d["code"] for d in json.loads(out)["diagnostics"]]
+    code, out, _ = run(capsys, *args, "--output", "1")
+    assert code == 0 and "HD002" not in [d["code"] for d in json.loads(out)["diagnostics"]]
+    assert_clean_error(*run(capsys, *args, "--output", "7"), "choose one of")

@@ -251,3 +251,29 @@ def test_a_grid_whose_cells_do_not_follow_the_image_is_caught_by_the_locality_pr
     # the fix: the spec names the upright layer, and its cells line up
     assert report.gradcam.layer_name == "features"
     assert_aligned(report.gradcam, x, tolerance=1)
+
+
+def test_output_names_the_head_to_explain() -> None:
+    from helpers import spec_gradcam
+
+    from fixtures import pathological
+
+    model, x = pathological.tuple_output_model(), pathological.example_input("tuple_output_model")
+    default = hookdoctor.inspect(model, x, methods=("gradcam",))
+    assert "HD002" in [d.code for d in default.diagnostics]  # (aux, main): the first head, with a warning
+    report = hookdoctor.inspect(model, x, methods=("gradcam",), output=1)
+    assert "HD002" not in [d.code for d in report.diagnostics]
+    torch.testing.assert_close(report.gradcam.model(x).detach(), model(x)[1])
+    # the spec explains the main head: its map is the one of a hand-written main-head wrapper
+    assert not np.allclose(spec_gradcam(report.gradcam, x), spec_gradcam(default.gradcam, x))
+    assert "output=" in next(d.fix for d in default.diagnostics if d.code == "HD002")
+
+
+@pytest.mark.parametrize("bad", [2, "main"])
+def test_output_that_does_not_name_a_score_is_an_input_error(bad) -> None:
+    from fixtures import pathological
+
+    model = pathological.tuple_output_model()
+    with pytest.raises(InputError, match="choose one of: indices 0..1"):
+        hookdoctor.inspect(model, pathological.example_input("tuple_output_model"), output=bad)
+    assert _hooks(model) == 0

@@ -35,8 +35,9 @@ batch 1 explains the first head (often the auxiliary one) and batch 2 fails with
 be implicitly created only for scalar outputs".
 
 hookdoctor picks the `logits` field when there is one, otherwise the first 2-D tensor, and
-says which. If you meant another head, wrap the model yourself so that it returns that
-head, and inspect the wrapper.""",
+says which. If you meant another head, name it: `hookdoctor.inspect(model, x, output=1)` for
+a tuple index, `output="main"` for a dict key or ModelOutput field (`--output` on the
+command line); the spec's `.model` then returns that head.""",
     ),
     Code(
         "HD003", "zero-initialised-head", _MODEL, "warning",
