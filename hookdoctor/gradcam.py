@@ -88,6 +88,16 @@ class GradCAMAnalysis:
                     method=GRADCAM,
                 )
             )
+        elif not score.value.requires_grad:
+            found.append(
+                Diagnostic.of(
+                    "HD203",
+                    "The model's score carries no gradient: its forward computes it with gradients disabled "
+                    "(torch.no_grad / inference_mode) or detaches it.",
+                    "Remove the no_grad, inference_mode or .detach() from the model's forward path to the score.",
+                    method=GRADCAM,
+                )
+            )
         elif self.probe.input_gradient_zero:
             found.append(
                 Diagnostic.of(

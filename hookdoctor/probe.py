@@ -74,6 +74,7 @@ class CallRecord:
     version_at_hook: int
     requires_grad: bool
     grad_fn: Any = None
+    grad_enabled: bool = True  # False when the forward ran this module under no_grad / inference_mode
     version_after: int = -1
     grad: GradStats | None = None
 
@@ -128,6 +129,21 @@ def _surrogate_score(features: torch.Tensor) -> torch.Tensor:
     return (features * direction).sum()
 
 
+def _input_gradient(value: torch.Tensor, image: torch.Tensor) -> torch.Tensor | None:
+    """d value / d image through the probe's graph (firing the layer hooks), None if not connected."""
+    if not value.requires_grad:  # the forward ran the head under no_grad or detached the score
+        return None
+    try:
+        (grad,) = torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
+    except Exception as exc:  # the user's backward (custom autograd functions): theirs to see, in one paragraph
+        raise ModelRunError(
+            f"The model's backward pass raised {type(exc).__name__}: {exc}. hookdoctor differentiates the "
+            "explained score once with respect to the input; a model whose backward fails cannot be "
+            "explained with gradient methods until that is fixed."
+        ) from exc
+    return grad
+
+
 def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
     if target is None:
         return logits.detach().argmax(dim=1)
@@ -168,6 +184,7 @@ def run_probe(
                 version_at_hook=tensor._version if tensor is not None else 0,
                 requires_grad=bool(tensor is not None and tensor.requires_grad),
                 grad_fn=tensor.grad_fn if tensor is not None else None,
+                grad_enabled=torch.is_grad_enabled(),
             )
             counter[0] += 1
             if not record.calls:
@@ -236,7 +253,7 @@ def run_probe(
     target_idx = _target_indices(scored, target)
     with torch.enable_grad():  # the caller may be under no_grad
         value = scored.gather(1, target_idx[:, None]).sum()
-        (input_grad,) = torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
+        input_grad = _input_gradient(value, image)
     input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
     zero_head = None
     if input_gradient_zero:
@@ -248,7 +265,7 @@ def run_probe(
                     call.grad = None
             with torch.enable_grad():
                 value = _surrogate_score(head.first_input)
-                torch.autograd.grad(value, image, allow_unused=True, retain_graph=True)
+                _input_gradient(value, image)
     recording[0] = False
 
     score = Score(

@@ -277,3 +277,40 @@ def test_output_that_does_not_name_a_score_is_an_input_error(bad) -> None:
     with pytest.raises(InputError, match="choose one of: indices 0..1"):
         hookdoctor.inspect(model, pathological.example_input("tuple_output_model"), output=bad)
     assert _hooks(model) == 0
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("custom backward is broken")
+
+
+class _BrokenBackward(_SmallCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(_FailingBackward.apply(self.features(x)).mean((2, 3)))
+
+
+class _DetachedScore(_SmallCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.head(self.features(x).mean((2, 3)))
+
+
+def test_a_raising_backward_is_reported_and_the_model_is_restored() -> None:
+    model = _BrokenBackward()
+    with pytest.raises(ModelRunError, match="custom backward is broken"):
+        hookdoctor.inspect(model, torch.randn(1, 3, 16, 16))
+    assert _hooks(model) == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_a_score_computed_under_no_grad_is_a_finding_not_a_crash() -> None:
+    report = hookdoctor.inspect(_DetachedScore(), torch.randn(1, 3, 16, 16), methods=("gradcam",))
+    assert report.gradcam is None and report.ok is False
+    (carries_none,) = [d for d in report.diagnostics if d.code == "HD203" and "no gradient" in d.message]
+    assert "no_grad" in carries_none.message
+    (layer,) = report.check_layer("features").diagnostics
+    assert layer.code == "HD202" and "gradients disabled inside the model's forward" in layer.message

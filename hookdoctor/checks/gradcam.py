@@ -128,6 +128,14 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
             "Hook a layer whose output is a grid or a token sequence over the image.",
         )
         return j
+    if not call.requires_grad and not call.grad_enabled:
+        j.add(
+            "HD202",
+            f"`{name}` runs with gradients disabled inside the model's forward (torch.no_grad or "
+            "inference_mode), so no gradient can reach it.",
+            "Remove the no_grad / inference_mode around this part of the model's forward.",
+        )
+        return j
     if not call.requires_grad:
         j.add(
             "HD306",
