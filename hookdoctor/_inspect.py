@@ -110,6 +110,7 @@ def inspect(
                 prefix_hint=analysis.context.prefix_hint,
                 observed_grids=analysis.context.observed_grids,
                 was_training=was_training,
+                score=probe.score.selector,
             )
             diagnostics += found
         summaries = analysis.summaries()

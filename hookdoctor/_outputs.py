@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 # Fields of a transformers ModelOutput that hold a score, most preferred first.
-_SCORE_FIELDS = ("logits", "image_embeds", "pooler_output")
+SCORE_FIELDS = ("logits", "image_embeds", "pooler_output")
 
 
 def describe(value: Any, depth: int = 0) -> str:
@@ -69,7 +69,7 @@ def find_score(output: Any) -> tuple[OutputSelector, list[str]] | None:
     candidates: list[tuple[OutputSelector, str]] = []
     if isinstance(output, Mapping):
         is_model_output = hasattr(output, "to_tuple")  # transformers ModelOutput (attribute access works)
-        for name in _SCORE_FIELDS:
+        for name in SCORE_FIELDS:
             value = output.get(name)
             if isinstance(value, torch.Tensor) and value.dim() == 2:
                 return OutputSelector("attr" if is_model_output else "key", name), []

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from hookdoctor._inputs import ModelInput
+from hookdoctor._outputs import SCORE_FIELDS, OutputSelector
 from hookdoctor.attention._sites import AttentionSite, Observation, observe
 from hookdoctor.attention._spec import AttentionSpec
 from hookdoctor.layout import prefix_token_hint, token_candidates
 from hookdoctor.report import Diagnostic
 
 _METHOD = "rollout"
-_SCORE_FIELDS = ("logits", "image_embeds", "pooler_output")
 
 
 def _score_tensor(output: Any) -> torch.Tensor | None:
@@ -30,7 +30,7 @@ def _score_tensor(output: Any) -> torch.Tensor | None:
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping):
-        for name in _SCORE_FIELDS:
+        for name in SCORE_FIELDS:
             value = output.get(name)
             if isinstance(value, torch.Tensor):
                 return value
@@ -225,9 +225,11 @@ def _misleading_settings(
 
 
 # -- which rows the head reads -------------------------------------------------------------------
-def _read_rows(seen: Observation, blocks: Sequence[int]) -> tuple[torch.Tensor | None, list[bool]]:
+def _read_rows(
+    seen: Observation, blocks: Sequence[int], selector: OutputSelector | None
+) -> tuple[torch.Tensor | None, list[bool]]:
     """Gradient energy per query row of the last self-attention, and which captures are on the path."""
-    score = _score_tensor(seen.output)
+    score = selector(seen.output) if selector is not None else _score_tensor(seen.output)
     probs = [seen.probs[i] for i in blocks]
     on_path = [seen.on_path[i] and probs[k].requires_grad for k, i in enumerate(blocks)]
     if score is None or not score.requires_grad or not all(on_path):
@@ -260,13 +262,16 @@ def analyse_attention(
     prefix_hint: int | None = None,
     observed_grids: Sequence[tuple[int, int]] = (),
     was_training: bool | None = None,
+    score: OutputSelector | None = None,
 ) -> tuple[AttentionSpec | None, list[Diagnostic]]:
     """An AttentionSpec for ``model`` (already unwrapped) and what its settings would do to a user.
 
     Refusals (window, channel, no or irregular attention) come back as one error
     diagnostic and spec None. Layer names get ``name_prefix`` so they are valid on the
     model the user passed. ``was_training`` is the user's mode when the caller has already
-    switched the model to eval (default: ``model.training``).
+    switched the model to eval (default: ``model.training``). ``score`` selects the
+    explained score from the model's output (as the Grad-CAM probe chose it); by default
+    the logits, else an embedding, else the first tensor.
     """
     image = model_input.image
     probe_input = model_input.with_image(image.detach().clone().requires_grad_(True))
@@ -304,7 +309,7 @@ def analyse_attention(
         ), *diagnostics]
     prefix, grid = candidates[0]
 
-    rows, on_path = _read_rows(seen, block_index)
+    rows, on_path = _read_rows(seen, block_index, score)
     query, query_tokens = _query(rows, prefix, pool is not None)
     on_gradient_path = all(on_path)
     first = _named(name_prefix, blocks[0].module)
