@@ -72,8 +72,8 @@ def preserved(model: nn.Module) -> Iterator[None]:
                 if current.keys() != entries.keys():
                     current.clear()
                     current.update(entries)
-        for m, flag in fused:
-            m.fused_attn = flag
+        for m, was_fused in fused:
+            m.fused_attn = was_fused
         for config, values in configs:
             for key, value in values.items():
                 if getattr(config, key, None) != value:

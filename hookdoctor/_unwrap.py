@@ -34,12 +34,14 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, str, list[str]]:
     wrappers: list[str] = []
     inner = model
     while True:
-        wrapped = None
-        if type(inner).__name__ == "OptimizedModule" and isinstance(getattr(inner, "_orig_mod", None), nn.Module):
-            wrapped, attr = inner._orig_mod, "_orig_mod"
+        if type(inner).__name__ == "OptimizedModule":
+            attr = "_orig_mod"
         elif isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            wrapped, attr = inner.module, "module"
-        if wrapped is None:
+            attr = "module"
+        else:
+            return inner, prefix, wrappers
+        wrapped = getattr(inner, attr, None)
+        if not isinstance(wrapped, nn.Module):
             return inner, prefix, wrappers
         wrappers.append(type(inner).__name__)
         prefix += attr + "."

@@ -135,14 +135,14 @@ class GradCAMAnalysis:
             if kind in ("pooling", "dropout") or self._is_attention_internal(name):
                 continue
             found.append(j)
-        return sorted(found, key=lambda j: j.call.order, reverse=True)
+        return sorted(found, key=lambda j: j.first_call.order, reverse=True)
 
     def _representative(self, group: list[Judgement]) -> Judgement:
         """Of the modules returning the same tensor, the deepest one with children (a block), else the creator."""
         blocks = [j for j in group if next(self.probe.records[j.name].module.children(), None) is not None]
         if blocks:
-            return max(blocks, key=lambda j: (j.name.count("."), -j.call.order))
-        return min(group, key=lambda j: j.call.order)
+            return max(blocks, key=lambda j: (j.name.count("."), -j.first_call.order))
+        return min(group, key=lambda j: j.first_call.order)
 
     def _confirm(self, j: Judgement) -> Layout | None:
         """The first layout of ``j`` whose cells line up with the input and whose map works.
@@ -151,19 +151,19 @@ class GradCAMAnalysis:
         evidence there is remembered in ``self.negative_evidence`` for a warning; a layer
         none of whose layouts lines up gets HD306.
         """
-        call = j.call
-        layout = next((lay for lay in j.layouts if lines_up(call.tensor, self.probe.image, lay)), None)
+        call = j.first_call
+        layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay)), None)
         if layout is None:
             layout = next(
-                (lay for lay in j.layouts if lines_up(call.tensor, self.probe.image, lay, strict=False)), None
+                (lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay, strict=False)), None
             )
             if layout is not None:
                 self.coarse.append(j.name)
         if layout is not None:
-            weights = call.grad.channel_weights(layout)
-            if is_working_map(gradcam_map(call.tensor, weights, layout)):
+            weights = call.grad_stats.channel_weights(layout)
+            if is_working_map(gradcam_map(call.output_tensor, weights, layout)):
                 return layout
-            if is_working_map(gradcam_map(call.tensor, -weights, layout)):
+            if is_working_map(gradcam_map(call.output_tensor, -weights, layout)):
                 self.negative_evidence.append(j.name)
             return None
         j.add(
@@ -188,11 +188,11 @@ class GradCAMAnalysis:
         tried: set[int] = set()
         attempts = 0
         for j in candidates:
-            key = id(j.call.tensor)
+            key = id(j.first_call.output_tensor)
             if key in tried:
                 continue
             tried.add(key)
-            group = [c for c in candidates if id(c.call.tensor) == key]
+            group = [c for c in candidates if id(c.first_call.output_tensor) == key]
             choice = self._representative(group)
             layout = self._confirm(choice)
             if layout is not None:
@@ -249,7 +249,7 @@ class GradCAMAnalysis:
 
     def _grad_note(self, j: Judgement) -> Diagnostic | None:
         """HD005 when the layer's output would not require grad in the user's own call."""
-        trainable_path = self.context.grad_graph.needs_trainable_parameters(j.call.grad_fn)
+        trainable_path = self.context.grad_graph.needs_trainable_parameters(j.first_call.grad_fn)
         if trainable_path and self.probe.grad_enabled_by_user:
             return None
         why = "its parameters up to this layer are frozen" if not trainable_path else "grad mode was off"

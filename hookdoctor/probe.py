@@ -58,6 +58,7 @@ class GradStats:
         """Grad-CAM's weights: the gradient averaged over the layer's image cells, ``[B, C]``."""
         if layout.kind != "tokens":
             return self.channel_mean[layout.kind]
+        assert self.leading_tokens is not None  # set for every token (3-D) gradient
         prefix = self.leading_tokens[:, : layout.prefix_tokens].sum(1)
         return (self.channel_mean["tokens"] - prefix) / (self.num_tokens - layout.prefix_tokens)
 
@@ -77,6 +78,20 @@ class CallRecord:
     grad_enabled: bool = True  # False when the forward ran this module under no_grad / inference_mode
     version_after: int = -1
     grad: GradStats | None = None
+
+    @property
+    def output_tensor(self) -> torch.Tensor:
+        """The tensor this call returned (or the first one it returned); only for calls that have one."""
+        if self.tensor is None:
+            raise ValueError("this call returned no tensor")
+        return self.tensor
+
+    @property
+    def grad_stats(self) -> GradStats:
+        """The gradient statistics; only for calls the score's gradient reached."""
+        if self.grad is None:
+            raise ValueError("no gradient reached this call")
+        return self.grad
 
     @property
     def overwritten(self) -> bool:
@@ -258,7 +273,7 @@ def run_probe(
     zero_head = None
     if input_gradient_zero:
         head = _zero_initialised_head(records, scored)
-        if head is not None:
+        if head is not None and head.first_input is not None:
             zero_head = head.name
             for record in records.values():
                 for call in record.calls:

@@ -28,6 +28,8 @@ class ScoreModel(nn.Module):
     grad, so frozen models and ``no_grad`` callers still produce layer gradients.
     """
 
+    pre_activation: nn.Module | None
+
     def __init__(
         self,
         model: nn.Module,
@@ -77,6 +79,8 @@ class CaptumAdapter(nn.Module):
     module Captum hooks) and puts it back, so the rest of the network computes exactly
     what it did before. The hook lives only for the duration of the forward.
     """
+
+    layer: nn.Module
 
     def __init__(self, score_model: nn.Module, layer: nn.Module, transform: ReshapeTransform) -> None:
         super().__init__()

@@ -38,6 +38,13 @@ class Judgement:
     holds_only: bool = False  # a ModuleList/ModuleDict: nothing to judge in the module tree
 
     @property
+    def first_call(self) -> CallRecord:
+        """The layer's (first) call; only for layers that ran."""
+        if self.call is None:
+            raise ValueError(f"`{self.name}` never ran")
+        return self.call
+
+    @property
     def usable(self) -> bool:
         return not any(d.severity == "error" for d in self.diagnostics)
 
