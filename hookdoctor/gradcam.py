@@ -13,7 +13,15 @@ from __future__ import annotations
 from torch import nn
 
 from hookdoctor._inputs import ModelInput
-from hookdoctor.checks.gradcam import GRADCAM, Context, Judgement, judge, layout_notes, observed_grids
+from hookdoctor.checks.gradcam import (
+    GRADCAM,
+    NO_GRADIENT_FIX,
+    Context,
+    Judgement,
+    judge,
+    layout_notes,
+    observed_grids,
+)
 from hookdoctor.gradpath import GradGraph
 from hookdoctor.layout import Layout, prefix_token_hint
 from hookdoctor.locality import gradcam_map, is_working_map, lines_up
@@ -315,7 +323,7 @@ class GradCAMAnalysis:
         outside them are the layers tutorials name, so those are reported (as info: the
         spec avoids them).
         """
-        dead = [name for name, j in self.judgements.items() if any(d.code == "HD201" for d in j.diagnostics)]
+        dead = [name for name, j in self.judgements.items() if j.cut_off is not None]
         instead = f"; the spec uses `{spec.layer_name}` instead" if spec is not None else ""
         live = spec.layer_name if spec is not None else ""
         included: list[str] = []
@@ -329,20 +337,22 @@ class GradCAMAnalysis:
             if any(name.startswith(block + ".") for block in included):
                 continue
             included.append(name)
-        found = []
-        for name in included:
-            diagnostic = next(d for d in self.judgements[name].diagnostics if d.code == "HD201")
-            found.append(
-                Diagnostic.of(
-                    "HD201",
-                    diagnostic.message.rstrip(".") + instead + ".",
-                    diagnostic.fix,
-                    layer=name,
-                    method=GRADCAM,
-                    severity="info",
-                )
+        if not included:
+            return []
+        included.sort(key=lambda n: self.judgements[n].first_call.order)  # in the order they run
+        # One finding for all of them: they fail for the same reason, and the report stays one screen.
+        cut_off = self.judgements[included[0]].cut_off
+        assert cut_off is not None  # every layer in `dead` has HD201, which sets it
+        return [
+            Diagnostic.of(
+                "HD201",
+                cut_off.message(included, instead),
+                NO_GRADIENT_FIX,
+                layer=included[0],
+                method=GRADCAM,
+                severity="info",
             )
-        return found
+        ]
 
     # -- summaries ------------------------------------------------------------------------
     def summaries(self) -> list[LayerSummary]:

@@ -29,6 +29,27 @@ class Context:
     observed_grids: list[tuple[int, int]]
 
 
+NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
+
+
+@dataclass(frozen=True)
+class CutOff:
+    """Why no gradient reaches a layer's patch tokens: the grid, and the picks on the score's path."""
+
+    grid: tuple[int, int]
+    picks: tuple[str, ...]
+
+    def message(self, names: list[str], instead: str = "") -> str:
+        """HD201's sentence for one layer, or for several that fail the same way."""
+        listed = " and ".join(f"`{name}`" for name in names)
+        via = f" (the path from the score picks them with {', '.join(self.picks)})" if self.picks else ""
+        after = "them" if len(names) > 1 else "it"
+        return (
+            f"No gradient reaches the {self.grid[0]}x{self.grid[1]} patch tokens of {listed}: after {after} the "
+            f"classifier reads only the prefix token(s){via}, so Grad-CAM there is all zeros{instead}."
+        )
+
+
 @dataclass
 class Judgement:
     name: str
@@ -36,6 +57,7 @@ class Judgement:
     layouts: list[Layout] = field(default_factory=list)
     call: CallRecord | None = None
     holds_only: bool = False  # a ModuleList/ModuleDict: nothing to judge in the module tree
+    cut_off: CutOff | None = None  # set with HD201
 
     @property
     def first_call(self) -> CallRecord:
@@ -161,14 +183,8 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
     cells, prefix = call.grad.cell_energy(layout)
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
-            picks = ctx.grad_graph.picks_between(call.grad_fn)
-            via = f" (the path from the score picks them with {', '.join(dict.fromkeys(picks))})" if picks else ""
-            j.add(
-                "HD201",
-                f"No gradient reaches the {layout.grid[0]}x{layout.grid[1]} patch tokens of `{name}`: "
-                f"after it the classifier reads only the prefix token(s){via}, so Grad-CAM here is all zeros.",
-                "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm.",
-            )
+            j.cut_off = CutOff(layout.grid, tuple(dict.fromkeys(ctx.grad_graph.picks_between(call.grad_fn))))
+            j.add("HD201", j.cut_off.message([name]), NO_GRADIENT_FIX)
         else:
             j.add(
                 "HD202",
