@@ -95,7 +95,6 @@ def inspect(
         sites = _attention_sites(inner, model_input, prefix)
         diagnostics += _determinism(inner, model_input, probe)
         analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
-        judgements = analysis.judgements
         diagnostics += analysis.model_diagnostics()
         if "gradcam" in wanted or requested:
             gradcam_spec, found = analysis.recommend(requested)
@@ -114,13 +113,12 @@ def inspect(
             )
             diagnostics += found
         summaries = analysis.summaries()
-        target_index = int(probe.score.target[0]) if target is None else int(target)
-        all_verdicts = {name: analysis.verdict(name) for name in judgements}
+        target_index = int(probe.score.target[0])  # the top class, or `target`
+        all_verdicts = {name: analysis.verdict(name) for name in analysis.judgements}
         verdicts = {name: all_verdicts.get(name) or _unknown_layer(name, list(all_verdicts)) for name in requested}
         aliases = _aliases(build_tree(inner, prefix), all_verdicts)
 
-    for verdict in verdicts.values():
-        diagnostics += [d for d in verdict.diagnostics if d not in diagnostics]
+    diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
 
     def check_layer(name: str) -> LayerVerdict:
         if name in all_verdicts:
@@ -132,7 +130,7 @@ def inspect(
     return Report(
         methods=wanted,
         diagnostics=sort_diagnostics(_dedupe(diagnostics)),
-        gradcam=gradcam_spec if "gradcam" in wanted or requested else None,
+        gradcam=gradcam_spec,
         rollout=rollout_spec,
         model_class=type(model).__name__,
         input_shape=tuple(int(s) for s in model_input.image.shape),

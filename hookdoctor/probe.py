@@ -133,9 +133,6 @@ class Probe:
     input_gradient_zero: bool
     grad_enabled_by_user: bool
 
-    def record(self, name: str) -> ModuleRecord:
-        return self.records[name]
-
 
 def _surrogate_score(features: torch.Tensor) -> torch.Tensor:
     """A fixed random projection of the head's input: same paths as the real score."""
