@@ -63,8 +63,8 @@ def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout, *, stric
 def _centre_of_mass(energy: torch.Tensor) -> tuple[float, float]:
     h, w = energy.shape
     total = energy.sum()
-    rows = (energy.sum(1) * torch.arange(h, dtype=energy.dtype)).sum() / total
-    cols = (energy.sum(0) * torch.arange(w, dtype=energy.dtype)).sum() / total
+    rows = (energy.sum(1) * torch.arange(h, dtype=energy.dtype, device=energy.device)).sum() / total
+    cols = (energy.sum(0) * torch.arange(w, dtype=energy.dtype, device=energy.device)).sum() / total
     return float(rows), float(cols)
 
 

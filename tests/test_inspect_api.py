@@ -314,3 +314,11 @@ def test_a_score_computed_under_no_grad_is_a_finding_not_a_crash() -> None:
     assert "no_grad" in carries_none.message
     (layer,) = report.check_layer("features").diagnostics
     assert layer.code == "HD202" and "gradients disabled inside the model's forward" in layer.message
+
+
+def test_a_bfloat16_model_gets_a_bfloat16_input_and_a_working_spec() -> None:
+    model = _tiny_vit().to(torch.bfloat16)
+    report = hookdoctor.inspect(model)  # the inferred input takes the model's dtype
+    assert report.ok and report.gradcam.layer_name == "vit.layers.1.layernorm_before"
+    attentions = report.rollout.capture(model, torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert attentions[0].dtype == torch.bfloat16 and attentions[0].shape == (1, 2, 17, 17)
