@@ -95,10 +95,9 @@ def inspect(
         sites = _attention_sites(inner, model_input, prefix)
         diagnostics += _determinism(inner, model_input, probe)
         analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
-        diagnostics += analysis.model_diagnostics()
-        if "gradcam" in wanted or requested:
+        if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
             gradcam_spec, found = analysis.recommend(requested)
-            diagnostics += found + analysis.pitfalls(gradcam_spec)
+            diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
         if "rollout" in wanted:
             from hookdoctor.attention import analyse_attention
 

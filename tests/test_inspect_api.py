@@ -322,3 +322,9 @@ def test_a_bfloat16_model_gets_a_bfloat16_input_and_a_working_spec() -> None:
     assert report.ok and report.gradcam.layer_name == "vit.layers.1.layernorm_before"
     attentions = report.rollout.capture(model, torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
     assert attentions[0].dtype == torch.bfloat16 and attentions[0].shape == (1, 2, 17, 17)
+
+
+def test_a_rollout_only_report_holds_no_grad_cam_findings() -> None:
+    report = hookdoctor.inspect(_tiny_vit(), torch.randn(1, 3, 32, 32), methods=("rollout",))
+    assert report.gradcam is None and report.rollout is not None and report.ok
+    assert {d.method for d in report.diagnostics} <= {"rollout", None}
