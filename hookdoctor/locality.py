@@ -86,7 +86,7 @@ def gradcam_map(activation: torch.Tensor, weights: torch.Tensor, layout: Layout)
 
 def is_working_map(cam: torch.Tensor) -> bool:
     """Finite, not all zeros, not constant: what the contract calls a working map."""
-    if not bool(torch.isfinite(cam).all()):
+    if cam[0].numel() < 2 or not bool(torch.isfinite(cam).all()):  # one cell cannot vary
         return False
     peak = float(cam.abs().max())
     return peak > 0 and float(cam.std()) > 1e-6 * peak

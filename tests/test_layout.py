@@ -97,3 +97,12 @@ def test_order_check_accepts_centre_pulled_peaks_and_rejects_mirrors() -> None:
     assert _keeps_order(cells, [(2.0, 2.1), (2.2, 4.0), (3.1, 2.9), (4.8, 5.0)])
     # a left-right mirror keeps rows but reverses columns
     assert not _keeps_order(cells, [(1.0, 6.0), (1.0, 1.0), (6.0, 6.0), (6.0, 1.0)])
+
+
+def test_a_single_cell_map_is_never_a_working_map() -> None:
+    from hookdoctor.locality import is_working_map
+
+    assert not is_working_map(torch.ones(1, 1, 1))
+    assert not is_working_map(torch.zeros(1, 3, 3))
+    assert not is_working_map(torch.full((1, 3, 3), float("nan")))
+    assert is_working_map(torch.arange(9.0).reshape(1, 3, 3))
