@@ -71,13 +71,16 @@ class CallRecord:
     structure: str
     is_tensor: bool
     tensor: torch.Tensor | None
-    shape: tuple[int, ...] | None
     version_at_hook: int
     requires_grad: bool
     grad_fn: Any = None
     grad_enabled: bool = True  # False when the forward ran this module under no_grad / inference_mode
     version_after: int = -1
     grad: GradStats | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        return tuple(self.tensor.shape) if self.tensor is not None else None
 
     @property
     def output_tensor(self) -> torch.Tensor:
@@ -113,7 +116,6 @@ class Score:
     selector: OutputSelector
     other_heads: list[str]
     output_structure: str
-    logits: torch.Tensor  # what is differentiated: the selected score, or the logit before a final softmax
     selected: torch.Tensor  # the selected score as the model returns it
     target: torch.Tensor  # [B] class per sample
     pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
@@ -125,7 +127,6 @@ class Score:
 @dataclass
 class Probe:
     records: dict[str, ModuleRecord]
-    order: list[str]  # module names in order of first completion
     score: Score
     image: torch.Tensor  # the input that required grad
     image_hw: tuple[int, int]
@@ -177,7 +178,6 @@ def run_probe(
     """Run ``model`` once forward and once backward. The caller restores the model (``preserved``)."""
     grad_enabled_by_user = torch.is_grad_enabled()
     records: dict[str, ModuleRecord] = {}
-    order: list[str] = []
     counter = [0]
     handles = []
     # Gradient hooks stay on the tensors after the probe; later passes over the same graph
@@ -192,17 +192,14 @@ def run_probe(
                 structure=describe(output),
                 is_tensor=isinstance(output, torch.Tensor),
                 tensor=tensor,
-                shape=tuple(tensor.shape) if tensor is not None else None,
                 version_at_hook=tensor._version if tensor is not None else 0,
                 requires_grad=bool(tensor is not None and tensor.requires_grad),
                 grad_fn=tensor.grad_fn if tensor is not None else None,
                 grad_enabled=torch.is_grad_enabled(),
             )
             counter[0] += 1
-            if not record.calls:
-                order.append(record.name)
-                if inputs and isinstance(inputs[0], torch.Tensor):
-                    record.first_input = inputs[0]
+            if not record.calls and inputs and isinstance(inputs[0], torch.Tensor):
+                record.first_input = inputs[0]
             record.calls.append(call)
             if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
 
@@ -250,7 +247,7 @@ def run_probe(
         )
     selector, other_heads = found
     logits = selector(output)
-    producer = next((r for r in reversed(list(records.values())) if r.calls and r.calls[-1].tensor is logits), None)
+    producer = _producer(records, logits)
     pre_activation = None
     scored = logits
     if (
@@ -260,8 +257,7 @@ def run_probe(
     ):
         pre_activation = producer.name
         scored = producer.first_input
-    probabilities = logits if pre_activation else None
-    saturated = bool(probabilities is not None and probabilities.detach().max() >= 1.0 - 1e-6)
+    saturated = pre_activation is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
     target_idx = _target_indices(scored, target)
     with torch.enable_grad():  # the caller may be under no_grad
         value = scored.gather(1, target_idx[:, None]).sum()
@@ -284,7 +280,6 @@ def run_probe(
         selector=selector,
         other_heads=other_heads,
         output_structure=describe(output),
-        logits=scored.detach(),
         selected=logits.detach(),
         target=target_idx,
         pre_activation=pre_activation,
@@ -294,7 +289,6 @@ def run_probe(
     )
     return Probe(
         records=records,
-        order=order,
         score=score,
         image=image,
         image_hw=model_input.image_hw,
@@ -304,13 +298,15 @@ def run_probe(
     )
 
 
+def _producer(records: dict[str, ModuleRecord], tensor: torch.Tensor) -> ModuleRecord | None:
+    """The innermost module whose last call returned ``tensor`` (containers pass it on too)."""
+    return next((r for r in reversed(list(records.values())) if r.calls and r.calls[-1].tensor is tensor), None)
+
+
 def _zero_initialised_head(records: dict[str, ModuleRecord], scored: torch.Tensor) -> ModuleRecord | None:
     """The module that produced the score, when its weight is all zeros."""
-    for record in reversed(list(records.values())):
-        if not record.calls or record.calls[-1].tensor is not scored:
-            continue
-        weight = getattr(record.module, "weight", None)
-        if isinstance(weight, torch.Tensor) and record.first_input is not None and not bool(weight.abs().max() > 0):
-            return record
-        return None
+    head = _producer(records, scored)
+    weight = getattr(head.module, "weight", None) if head is not None else None
+    if isinstance(weight, torch.Tensor) and head is not None and head.first_input is not None:
+        return head if not bool(weight.abs().max() > 0) else None
     return None
