@@ -15,6 +15,7 @@ from hookdoctor._environment import environment
 from hookdoctor._guard import preserved
 from hookdoctor._inputs import ModelInput, resolve_input
 from hookdoctor._unwrap import unwrap
+from hookdoctor.attention import analyse_attention, find_attention_sites, observe_for_rollout
 from hookdoctor.checks.gradcam import GRADCAM
 from hookdoctor.errors import InputError
 from hookdoctor.gradcam import GradCAMAnalysis
@@ -92,15 +93,17 @@ def inspect(
         was_training = inner.training
         inner.eval()
         probe = run_probe(inner, model_input, target, prefix, output)  # first: it reports a raising forward
-        sites = _attention_sites(inner, model_input, prefix)
+        # Rollout's intercepted forward also says where the attention is; without rollout a
+        # cheaper no-grad pass does.
+        seen = observe_for_rollout(inner, model_input) if "rollout" in wanted else None
+        found_sites = seen.sites if seen is not None else find_attention_sites(inner, model_input)
+        sites = sorted({prefix + site.module for site in found_sites if site.module})
         diagnostics += _determinism(inner, model_input, probe)
         analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
         if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
             gradcam_spec, found = analysis.recommend(requested)
             diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
-        if "rollout" in wanted:
-            from hookdoctor.attention import analyse_attention
-
+        if seen is not None:
             rollout_spec, found = analyse_attention(
                 inner,
                 model_input,
@@ -109,6 +112,7 @@ def inspect(
                 observed_grids=analysis.context.observed_grids,
                 was_training=was_training,
                 score=probe.score.selector,
+                seen=seen,
             )
             diagnostics += found
         summaries = analysis.summaries()
@@ -162,13 +166,6 @@ def _determinism(inner: nn.Module, model_input: ModelInput, probe: Probe) -> lis
             "explaining it; hookdoctor explain HD006.",
         )
     ]
-
-
-def _attention_sites(inner: nn.Module, model_input: ModelInput, prefix: str) -> list[str]:
-    """Names of the modules that run an attention computation (their subtrees are attention internals)."""
-    from hookdoctor.attention import find_attention_sites
-
-    return sorted({prefix + site.module for site in find_attention_sites(inner, model_input) if site.module})
 
 
 def _aliases(tree: nx.DiGraph, verdicts: dict[str, LayerVerdict]) -> dict[str, str]:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from hookdoctor.attention._analyse import analyse_attention
+from hookdoctor.attention._analyse import analyse_attention, observe_for_rollout
 from hookdoctor.attention._intercept import sdpa_probabilities
 from hookdoctor.attention._rollout import rollout_map, rollout_matrix
 from hookdoctor.attention._sites import AttentionSite, attention_modules, find_attention_sites
@@ -23,6 +23,7 @@ __all__ = [
     "attention_modules",
     "capture_attention",
     "find_attention_sites",
+    "observe_for_rollout",
     "rollout_map",
     "rollout_matrix",
     "sdpa_probabilities",

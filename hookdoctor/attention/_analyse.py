@@ -254,6 +254,12 @@ def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str,
     return "mean", ()
 
 
+def observe_for_rollout(model: nn.Module, model_input: ModelInput) -> Observation:
+    """One intercepted forward with gradients: the sites, their probabilities on the path, the output."""
+    image = model_input.image
+    return observe(model, model_input.with_image(image.detach().clone().requires_grad_(True)), grad=True)
+
+
 def analyse_attention(
     model: nn.Module,
     model_input: ModelInput,
@@ -263,6 +269,7 @@ def analyse_attention(
     observed_grids: Sequence[tuple[int, int]] = (),
     was_training: bool | None = None,
     score: OutputSelector | None = None,
+    seen: Observation | None = None,
 ) -> tuple[AttentionSpec | None, list[Diagnostic]]:
     """An AttentionSpec for ``model`` (already unwrapped) and what its settings would do to a user.
 
@@ -271,11 +278,11 @@ def analyse_attention(
     model the user passed. ``was_training`` is the user's mode when the caller has already
     switched the model to eval (default: ``model.training``). ``score`` selects the
     explained score from the model's output (as the Grad-CAM probe chose it); by default
-    the logits, else an embedding, else the first tensor.
+    the logits, else an embedding, else the first tensor. ``seen`` is an earlier
+    ``observe_for_rollout`` of the same model and input, so its forward is not run twice.
     """
-    image = model_input.image
-    probe_input = model_input.with_image(image.detach().clone().requires_grad_(True))
-    seen = observe(model, probe_input, grad=True)
+    if seen is None:
+        seen = observe_for_rollout(model, model_input)
     diagnostics: list[Diagnostic] = []
     if "_orig_mod" in name_prefix:
         diagnostics.append(Diagnostic.of(
