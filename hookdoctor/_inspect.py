@@ -98,7 +98,9 @@ def inspect(
         seen = observe_for_rollout(inner, model_input) if "rollout" in wanted else None
         found_sites = seen.sites if seen is not None else find_attention_sites(inner, model_input)
         sites = sorted({prefix + site.module for site in found_sites if site.module})
-        diagnostics += _determinism(inner, model_input, probe)
+        # A second forward on the same input: rollout's, when there is one, else a plain one.
+        again = seen.output if seen is not None else _forward_without_grad(inner, model_input)
+        diagnostics += _determinism(probe, again)
         analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
         if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
             gradcam_spec, found = analysis.recommend(requested)
@@ -149,14 +151,18 @@ def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return list(dict.fromkeys(diagnostics))
 
 
-def _determinism(inner: nn.Module, model_input: ModelInput, probe: Probe) -> list[Diagnostic]:
-    """HD006 when a second forward on the same input scores differently (randomness at inference)."""
+def _forward_without_grad(inner: nn.Module, model_input: ModelInput) -> Any:
     with torch.no_grad():
-        again = probe.score.selector(model_input.call(inner))
+        return model_input.call(inner)
+
+
+def _determinism(probe: Probe, again: Any) -> list[Diagnostic]:
+    """HD006 when a second forward on the same input scored differently (randomness at inference)."""
+    second = probe.score.selector(again).detach()
     first = probe.score.selected
-    if again.shape == first.shape and torch.allclose(again.float(), first.float(), rtol=1e-4, atol=1e-5):
+    if second.shape == first.shape and torch.allclose(second.float(), first.float(), rtol=1e-4, atol=1e-5):
         return []
-    change = float((again.float() - first.float()).abs().max())
+    change = float((second.float() - first.float()).abs().max())
     return [
         Diagnostic.of(
             "HD006",

@@ -227,6 +227,8 @@ def test_randomness_at_inference_changes_the_map_and_is_diagnosed() -> None:
     assert not np.allclose(spec_gradcam(report.gradcam, x), spec_gradcam(report.gradcam, x))
     found = [d for d in report.diagnostics if d.code == "HD006"]
     assert found and found[0].severity == "warning" and hookdoctor.explain("HD006").strip()
+    # with rollout asked for too, the second forward is rollout's own: the finding stays
+    assert "HD006" in [d.code for d in hookdoctor.inspect(model, x).diagnostics]
     # the fix: with dropout that respects eval(), maps repeat and the warning is gone
     fixed = pathological.pooled_cnn()
     fixed.load_state_dict(model.state_dict())
