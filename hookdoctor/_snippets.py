@@ -98,7 +98,7 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
             "  # [B, H_in, W_in], in [0, 1]",
         ]
         return "\n".join(lines) + "\n"
-    lines += ["from captum.attr import LayerAttribution, LayerGradCam", ""]
+    lines += [f"from captum.attr import LayerAttribution{'' if reshape else ', LayerGradCam'}", ""]
     if reshape:
         lines += [
             "import hookdoctor",
