@@ -101,10 +101,8 @@ def aligned_grid(h: int, w: int, image_hw: tuple[int, int]) -> bool:
     big_h, big_w = image_hw
     if h < 1 or w < 1 or h > big_h or w > big_w:
         return False
-    around = {max(1, math.floor(big_h / h)) + d for d in (-1, 0, 1)} | {
-        max(1, math.ceil(big_h / h)) + d for d in (-1, 0, 1)
-    }
-    for s in sorted(s for s in around if s >= 1):
+    # Strides near H / h: padding and rounding make h the floor or the ceiling of H / s.
+    for s in range(max(1, math.floor(big_h / h) - 1), math.ceil(big_h / h) + 2):
         if h in (big_h // s, -(-big_h // s)) and w in (big_w // s, -(-big_w // s)):
             return True
     return False
@@ -115,18 +113,11 @@ def prefix_token_hint(model: nn.Module) -> int | None:
     declared = getattr(model, "num_prefix_tokens", None)
     if isinstance(declared, int):
         return declared
-    count = 0
-    found = False
-    seen: set[int] = set()
-    for name, param in model.named_parameters():
-        if id(param) in seen or not _PREFIX_PARAM.search(name):
-            continue
-        seen.add(id(param))
-        found = True
-        # [D] (CLIP's class_embedding), [1, n, D] (cls/dist/register tokens)
-        count += 1 if param.dim() == 1 else int(param.shape[-2])
-    if found:
-        return count
+    # [D] (CLIP's class_embedding) is one token, [1, n, D] (cls/dist/register tokens) n of them;
+    # named_parameters() lists a shared parameter once.
+    tokens = [p for name, p in model.named_parameters() if _PREFIX_PARAM.search(name)]
+    if tokens:
+        return sum(1 if p.dim() == 1 else int(p.shape[-2]) for p in tokens)
     config = getattr(model, "config", None)
     registers = getattr(config, "num_register_tokens", None)
     if isinstance(registers, int):
