@@ -29,13 +29,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "inspect": "hookdoctor._inspect",
-    "preflight": "hookdoctor._preflight",
+    "preflight": "hookdoctor.preflight",
     "Report": "hookdoctor.report",
     "Diagnostic": "hookdoctor.report",
     "LayerVerdict": "hookdoctor.report",
-    "GradCAMSpec": "hookdoctor.specs",
+    "GradCAMSpec": "hookdoctor.specs.gradcam",
     "AttentionSpec": "hookdoctor.attention",
-    "ReshapeTransform": "hookdoctor.layout",
+    "ReshapeTransform": "hookdoctor.geometry.layout",
 }
 
 __all__ = [
@@ -59,11 +59,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from hookdoctor._inspect import inspect
-    from hookdoctor._preflight import preflight
     from hookdoctor.attention import AttentionSpec
-    from hookdoctor.layout import ReshapeTransform
+    from hookdoctor.geometry.layout import ReshapeTransform
+    from hookdoctor.preflight import preflight
     from hookdoctor.report import Diagnostic, LayerVerdict, Report
-    from hookdoctor.specs import GradCAMSpec
+    from hookdoctor.specs.gradcam import GradCAMSpec
 
 
 def __getattr__(name: str) -> Any:

@@ -11,18 +11,18 @@ import networkx as nx
 import torch
 from torch import nn
 
-from hookdoctor._environment import environment
-from hookdoctor._guard import preserved
-from hookdoctor._inputs import ModelInput, resolve_input
-from hookdoctor._unwrap import unwrap
 from hookdoctor.attention import analyse_attention, find_attention_sites, observe_for_rollout
-from hookdoctor.checks.gradcam import GRADCAM
+from hookdoctor.checks.layers import GRADCAM
+from hookdoctor.checks.recommend import GradCAMAnalysis
 from hookdoctor.errors import InputError
-from hookdoctor.gradcam import GradCAMAnalysis
-from hookdoctor.probe import Probe, run_probe
+from hookdoctor.model.environment import environment
+from hookdoctor.model.guard import preserved
+from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.tree import build_tree
+from hookdoctor.model.unwrap import unwrap
+from hookdoctor.probe.run import Probe, run_probe
 from hookdoctor.report import Diagnostic, LayerVerdict, Report, sort_diagnostics
-from hookdoctor.specs import GradCAMSpec
-from hookdoctor.tree import build_tree
+from hookdoctor.specs.gradcam import GradCAMSpec
 
 METHODS = ("gradcam", "rollout")
 

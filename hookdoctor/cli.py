@@ -286,7 +286,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
-        from hookdoctor.render import CodeText, render_report
+        from hookdoctor.render.terminal import CodeText, render_report
 
         console = _console(stdout)
         for renderable in render_report(
@@ -319,8 +319,8 @@ def _methods(chosen: list[tuple[str, ...]] | None) -> tuple[str, ...]:
 
 
 def _load_and_inspect(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[Report, Any]:
-    from hookdoctor._progress import progress
-    from hookdoctor.loading import LoadOptions, load_model
+    from hookdoctor.model.loading import LoadOptions, load_model
+    from hookdoctor.render.progress import progress
 
     options = LoadOptions(
         pretrained=args.pretrained,
@@ -346,8 +346,8 @@ def _load_and_inspect(args: argparse.Namespace, methods: tuple[str, ...]) -> tup
 
 
 def _model_summary(model: Any, report: Report) -> Any:
-    from hookdoctor._progress import progress
-    from hookdoctor._summary import summarize_model
+    from hookdoctor.render.progress import progress
+    from hookdoctor.render.summary import summarize_model
 
     with progress("Counting parameters and mult-adds (torchinfo)"):
         return summarize_model(model, report.input_shape)

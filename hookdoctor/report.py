@@ -14,7 +14,7 @@ from hookdoctor import codes
 
 if TYPE_CHECKING:
     from hookdoctor.attention import AttentionSpec
-    from hookdoctor.specs import GradCAMSpec
+    from hookdoctor.specs.gradcam import GradCAMSpec
 
 SCHEMA_VERSION = 1
 
@@ -169,6 +169,6 @@ class Report:
         }
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
-        from hookdoctor.render import render_report
+        from hookdoctor.render.terminal import render_report
 
         yield from render_report(self, console=console)

@@ -10,7 +10,6 @@ import torch
 
 from fixtures.attention_checks import assert_probabilities, assert_rollout, assert_untouched, snapshot
 from fixtures.attention_models import CrossBlockViT, FoldedHeadsViT, GQAViT, RaisingViT
-from hookdoctor._inputs import ModelInput
 from hookdoctor.attention import (
     analyse_attention,
     capture_attention,
@@ -19,6 +18,7 @@ from hookdoctor.attention import (
     rollout_matrix,
 )
 from hookdoctor.errors import InputError
+from hookdoctor.model.inputs import ModelInput
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -82,7 +82,7 @@ def test_train_mode_is_reported_and_capture_runs_in_eval_then_restores():
 
 @pytest.mark.parametrize("wrap", ["compile", "dataparallel"])
 def test_wrapped_models_are_captured_through_the_inner_module(wrap):
-    from hookdoctor._unwrap import unwrap
+    from hookdoctor.model.unwrap import unwrap
 
     model = GQAViT().eval()
     wrapped = torch.compile(model) if wrap == "compile" else torch.nn.DataParallel(model)

@@ -21,8 +21,8 @@ from fixtures.attention_checks import (  # noqa: E402
     logits,
     snapshot,
 )
-from hookdoctor._inputs import ModelInput  # noqa: E402
 from hookdoctor.attention import analyse_attention  # noqa: E402
+from hookdoctor.model.inputs import ModelInput  # noqa: E402
 
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              image_size=32, patch_size=8)

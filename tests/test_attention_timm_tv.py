@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fixtures.attention_checks import assert_probabilities, assert_rollout, assert_untouched, snapshot
-from hookdoctor._inputs import ModelInput
 from hookdoctor.attention import analyse_attention
+from hookdoctor.model.inputs import ModelInput
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hookdoctor.layout import (
+from hookdoctor.geometry.layout import (
     Layout,
     ReshapeTransform,
     aligned_grid,
@@ -90,7 +90,7 @@ def test_nhwc_transform_permutes() -> None:
 
 
 def test_order_check_accepts_centre_pulled_peaks_and_rejects_mirrors() -> None:
-    from hookdoctor.locality import _keeps_order
+    from hookdoctor.geometry.locality import _keeps_order
 
     cells = [(1, 1), (1, 6), (6, 1), (6, 6)]
     # Inception's last block: every peak pulled towards the centre, order kept
@@ -100,7 +100,7 @@ def test_order_check_accepts_centre_pulled_peaks_and_rejects_mirrors() -> None:
 
 
 def test_a_single_cell_map_is_never_a_working_map() -> None:
-    from hookdoctor.locality import is_working_map
+    from hookdoctor.geometry.locality import is_working_map
 
     assert not is_working_map(torch.ones(1, 1, 1))
     assert not is_working_map(torch.zeros(1, 3, 3))

@@ -11,7 +11,7 @@ from torch import nn
 
 from fixtures.factories import TinyCNN
 from hookdoctor.errors import MissingDependencyError, ModelLoadError
-from hookdoctor.loading import LoadOptions, load_model
+from hookdoctor.model.loading import LoadOptions, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORIES = ROOT / "fixtures" / "factories.py"

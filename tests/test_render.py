@@ -7,7 +7,7 @@ import re
 
 from rich.console import Console
 
-from hookdoctor.render import collapse_names, group_findings, render_report
+from hookdoctor.render.terminal import collapse_names, group_findings, render_report
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;[0-9;]+)m")

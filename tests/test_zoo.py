@@ -16,7 +16,7 @@ from helpers import assert_aligned, assert_working_map, spec_captum, spec_gradca
 from torch import nn
 
 import hookdoctor
-from hookdoctor._guard import preserved
+from hookdoctor.model.guard import preserved
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")

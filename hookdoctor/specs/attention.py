@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor._guard import preserved
-from hookdoctor._inputs import ModelInput, resolve_input
-from hookdoctor._unwrap import unwrap
-from hookdoctor.attention._intercept import AttentionEvent, intercepting
-from hookdoctor.attention._rollout import check_rollout_arguments, rollout_map
 from hookdoctor.errors import InputError
-from hookdoctor.layout import token_candidates
+from hookdoctor.geometry.layout import token_candidates
+from hookdoctor.model.guard import preserved
+from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.unwrap import unwrap
+from hookdoctor.probe.intercept import AttentionEvent, intercepting
+from hookdoctor.specs.rollout import check_rollout_arguments, rollout_map
 
 
 @dataclass

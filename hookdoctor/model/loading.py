@@ -137,7 +137,7 @@ def _close(name: str, candidates: list[str]) -> str:
 
 
 def _check_module(value: Any, source: str) -> nn.Module:
-    from hookdoctor._unwrap import is_torchscript
+    from hookdoctor.model.unwrap import is_torchscript
 
     if is_torchscript(value):
         raise ModelLoadError(_torchscript_message(source))

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hookdoctor.gradpath import GradGraph
-from hookdoctor.layout import Layout, infer_layouts, spatial_extent
-from hookdoctor.probe import CallRecord, ModuleRecord, Probe
+from hookdoctor.geometry.layout import Layout, infer_layouts, spatial_extent
+from hookdoctor.probe.gradpath import GradGraph
+from hookdoctor.probe.run import CallRecord, ModuleRecord, Probe
 from hookdoctor.report import Diagnostic
 
 GRADCAM = "gradcam"

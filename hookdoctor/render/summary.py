@@ -46,7 +46,7 @@ def summarize_model(model: Any, input_shape: tuple[int, ...]) -> ModelSummary:
     """Run torchinfo once on ``model`` (unwrapped) with a zero input of ``input_shape``."""
     import torchinfo
 
-    from hookdoctor._unwrap import unwrap
+    from hookdoctor.model.unwrap import unwrap
 
     inner, _, _ = unwrap(model)
     stats = torchinfo.summary(

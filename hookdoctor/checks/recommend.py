@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hookdoctor._inputs import ModelInput
-from hookdoctor.checks.gradcam import (
+from hookdoctor.checks.layers import (
     GRADCAM,
     NO_GRADIENT_FIX,
     Context,
@@ -22,13 +21,14 @@ from hookdoctor.checks.gradcam import (
     layout_notes,
     observed_grids,
 )
-from hookdoctor.gradpath import GradGraph
-from hookdoctor.layout import Layout, prefix_token_hint
-from hookdoctor.locality import gradcam_map, is_working_map, lines_up
-from hookdoctor.probe import Probe
+from hookdoctor.geometry.layout import Layout, prefix_token_hint
+from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
+from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.tree import module_kind
+from hookdoctor.probe.gradpath import GradGraph
+from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
-from hookdoctor.specs import GradCAMSpec, ScoreModel
-from hookdoctor.tree import module_kind
+from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
 
 # Recommending a layer stops after this many candidates failed the locality or map check.
 _MAX_TRIES = 12

@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-from hookdoctor.attention._analyse import analyse_attention, observe_for_rollout
-from hookdoctor.attention._intercept import sdpa_probabilities
-from hookdoctor.attention._rollout import rollout_map, rollout_matrix
-from hookdoctor.attention._sites import AttentionSite, attention_modules, find_attention_sites
-from hookdoctor.attention._spec import AttentionRecord, AttentionSpec, capture_attention
+from hookdoctor.checks.attention import analyse_attention, observe_for_rollout
+from hookdoctor.probe.intercept import sdpa_probabilities
+from hookdoctor.probe.sites import AttentionSite, attention_modules, find_attention_sites
+from hookdoctor.specs.attention import AttentionRecord, AttentionSpec, capture_attention
+from hookdoctor.specs.rollout import rollout_map, rollout_matrix
 
 __all__ = [
     "AttentionRecord",

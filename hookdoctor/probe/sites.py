@@ -15,9 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hookdoctor._guard import preserved
-from hookdoctor._inputs import ModelInput
-from hookdoctor.attention._intercept import AttentionEvent, intercepting
+from hookdoctor.model.guard import preserved
+from hookdoctor.model.inputs import ModelInput
+from hookdoctor.probe.intercept import AttentionEvent, intercepting
 
 Mixes = Literal["tokens", "windows", "channels"]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from hookdoctor.errors import InputError
 
 if TYPE_CHECKING:
-    from hookdoctor.specs import GradCAMSpec
+    from hookdoctor.specs.gradcam import GradCAMSpec
 
 BACKENDS = ("pytorch-grad-cam", "captum")
 
@@ -34,7 +34,7 @@ def _reshape_function(spec: GradCAMSpec) -> list[str]:
 
 
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
-    from hookdoctor.specs import ScoreModel
+    from hookdoctor.specs.gradcam import ScoreModel
 
     model = spec.model
     if not isinstance(model, ScoreModel):
@@ -69,7 +69,7 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
-    from hookdoctor.specs import ScoreModel
+    from hookdoctor.specs.gradcam import ScoreModel
 
     assert isinstance(spec.model, ScoreModel)
     for name, candidate in spec.model.model.named_modules():

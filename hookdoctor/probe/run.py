@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor._inputs import ModelInput
-from hookdoctor._outputs import OutputSelector, describe, find_score, primary_tensor, select_output
 from hookdoctor.errors import InputError, ModelRunError
-from hookdoctor.layout import MAX_PREFIX_TOKENS, Layout
+from hookdoctor.geometry.layout import MAX_PREFIX_TOKENS, Layout
+from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.outputs import OutputSelector, describe, find_score, primary_tensor, select_output
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor._inputs import ModelInput
-from hookdoctor._outputs import SCORE_FIELDS, OutputSelector
-from hookdoctor.attention._sites import AttentionSite, Observation, observe
-from hookdoctor.attention._spec import AttentionSpec
-from hookdoctor.layout import prefix_token_hint, token_candidates
+from hookdoctor.geometry.layout import prefix_token_hint, token_candidates
+from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.outputs import SCORE_FIELDS, OutputSelector
+from hookdoctor.probe.sites import AttentionSite, Observation, observe
 from hookdoctor.report import Diagnostic
+from hookdoctor.specs.attention import AttentionSpec
 
 _METHOD = "rollout"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hookdoctor.layout import Layout
+from hookdoctor.geometry.layout import Layout
 
 
 def probe_cells(grid: tuple[int, int]) -> list[tuple[int, int]]:

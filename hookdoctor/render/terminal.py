@@ -28,7 +28,7 @@ from hookdoctor import codes
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hookdoctor._summary import ModelSummary
+    from hookdoctor.render.summary import ModelSummary
     from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
 
 METHOD_TITLES = {"gradcam": "Grad-CAM", "rollout": "attention rollout"}

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor._inputs import ModelInput
-from hookdoctor._outputs import OutputSelector
 from hookdoctor.errors import MissingDependencyError
-from hookdoctor.layout import Layout, ReshapeTransform
+from hookdoctor.geometry.layout import Layout, ReshapeTransform
+from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.outputs import OutputSelector
 
 
 class ScoreModel(nn.Module):
@@ -133,7 +133,7 @@ class GradCAMSpec:
 
     def code(self, backend: str = "pytorch-grad-cam") -> str:
         """A copy-paste snippet for ``"pytorch-grad-cam"`` or ``"captum"``."""
-        from hookdoctor._snippets import gradcam_snippet
+        from hookdoctor.specs.snippets import gradcam_snippet
 
         return gradcam_snippet(self, backend)
 

@@ -1,0 +1,1 @@
+"""The one recorded pass: a forward with attention interception and a backward from the score."""

@@ -1,0 +1,1 @@
+"""Showing a report: the rich terminal report, the model summary and progress lines."""
