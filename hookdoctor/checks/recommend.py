@@ -160,7 +160,17 @@ class GradCAMAnalysis:
         """
         call = j.first_call
         image = self.probe.input_image
-        layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay)), None)
+        # A grid reached only through position-keeping operations lines up by construction:
+        # the locality test (backward passes as costly as the probe's) is for the others.
+        by_construction = not self.context.grad_graph.may_move_positions(call.grad_fn)
+        layout = next(
+            (
+                lay
+                for lay in j.layouts
+                if (by_construction and lay.kind == "NCHW") or lines_up(call.output_tensor, image, lay)
+            ),
+            None,
+        )
         if layout is None:
             layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay, strict=False)), None)
             if layout is not None:

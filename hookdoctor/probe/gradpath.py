@@ -16,16 +16,33 @@ import torch
 
 # Autograd functions that pick part of a tensor: the CLS pick of a ViT head is one.
 _PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", "SplitBackward", "NarrowBackward")
+# Operations that keep every value at its spatial position (convolutions, per-position or
+# per-channel arithmetic, normalisation, local pooling, resampling, global context that is
+# broadcast back): a map made only of these lines up with the input by construction.
+# Anything else (reshapes, permutes, token mixing, flips, concatenation, indexing) may
+# move positions, and the locality test decides.
+_KEEP_POSITIONS = (
+    "ConvolutionBackward", "CudnnConvolutionBackward", "MkldnnConvolutionBackward", "SlowConv2DBackward",
+    "NativeBatchNormBackward", "CudnnBatchNormBackward", "NativeGroupNormBackward",
+    "ReluBackward", "ThresholdBackward", "HardtanhBackward", "LeakyReluBackward", "GeluBackward", "SiluBackward",
+    "HardswishBackward", "HardsigmoidBackward", "SigmoidBackward", "TanhBackward", "EluBackward", "MishBackward",
+    "AddBackward", "SubBackward", "MulBackward", "DivBackward", "CloneBackward", "ToCopyBackward",
+    "MaxPool2DWithIndicesBackward", "AvgPool2DBackward", "AdaptiveAvgPool2DBackward", "MeanBackward",
+    "ExpandBackward", "UpsampleNearest2DBackward", "UpsampleBilinear2DBackward", "AccumulateGrad",
+)
 
 
 class GradGraph:
-    def __init__(self, score: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
+    def __init__(
+        self, score: torch.Tensor, parameters: list[torch.nn.Parameter], image: torch.Tensor | None = None
+    ) -> None:
         self.graph = nx.DiGraph()
         # Nodes are keyed by id(): the graph holds no autograd object, so it outlives the pass.
         # Every visited function stays referenced while the graph is built, so no id is reused.
         self.root: int | None = id(score.grad_fn) if score.grad_fn is not None else None
         trainable = {id(p) for p in parameters if p.requires_grad}
         trainable_leaves: list[int] = []
+        self._image: int | None = None  # the AccumulateGrad node of the input image
         stack = [score.grad_fn] if score.grad_fn is not None else []
         visited: dict[int, Any] = {}
         while stack:
@@ -37,6 +54,8 @@ class GradGraph:
             variable = getattr(fn, "variable", None)
             if variable is not None and id(variable) in trainable:
                 trainable_leaves.append(id(fn))
+            if variable is not None and variable is image:
+                self._image = id(fn)
             for next_fn, _ in getattr(fn, "next_functions", ()):
                 if next_fn is None:
                     continue
@@ -62,3 +81,15 @@ class GradGraph:
         path = nx.shortest_path(self.graph, self.root, id(grad_fn))
         ops = [self.graph.nodes[n]["op"] for n in path[1:-1]]
         return [op for op in ops if op.startswith(_PICKS)]
+
+    def may_move_positions(self, grad_fn: Any) -> bool:
+        """False when every operation between the input image and ``grad_fn`` keeps positions.
+
+        Only the operations on the paths from ``grad_fn`` down to the image count:
+        parameter branches (a weight's transpose) do not move the image's positions.
+        """
+        if self._image is None or not self.reaches(grad_fn):
+            return True
+        between = nx.descendants(self.graph, id(grad_fn)) & nx.ancestors(self.graph, self._image)
+        between |= {id(grad_fn)}
+        return not all(self.graph.nodes[n]["op"].startswith(_KEEP_POSITIONS) for n in between)
