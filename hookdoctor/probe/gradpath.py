@@ -4,7 +4,8 @@ Nodes are autograd functions (``grad_fn``), edges point from a function to the f
 it passes gradients to. "Does this layer's output need the input to require grad?" is
 whether a trainable parameter's ``AccumulateGrad`` lies below it; "why does no gradient
 reach the patch tokens?" is the chain of token picks (``SelectBackward0``) on the
-shortest path from the score to the layer.
+shortest path from the score to the layer; "does this call of a shared module see the
+explained input?" is whether the input's ``AccumulateGrad`` lies below it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class GradGraph:
         self.root = score.grad_fn
         trainable = {id(p) for p in parameters if p.requires_grad}
         trainable_leaves: list[int] = []
+        self._leaves: dict[int, int] = {}  # id(leaf tensor) -> its AccumulateGrad node
         stack = [self.root] if self.root is not None else []
         seen: set[int] = set()
         while stack:
@@ -33,8 +35,10 @@ class GradGraph:
             seen.add(id(fn))
             self.graph.add_node(id(fn), op=type(fn).__name__)
             variable = getattr(fn, "variable", None)
-            if variable is not None and id(variable) in trainable:
-                trainable_leaves.append(id(fn))
+            if variable is not None:
+                self._leaves[id(variable)] = id(fn)
+                if id(variable) in trainable:
+                    trainable_leaves.append(id(fn))
             for next_fn, _ in getattr(fn, "next_functions", ()):
                 if next_fn is None:
                     continue
@@ -44,6 +48,7 @@ class GradGraph:
         self._above_trainable: set[int] = set(trainable_leaves)
         for leaf in trainable_leaves:
             self._above_trainable |= nx.descendants(reversed_view, leaf)
+        self._above_leaf: dict[int, set[int]] = {}
 
     def reaches(self, grad_fn: Any) -> bool:
         """True when the score depends on the tensor produced by ``grad_fn``."""
@@ -52,6 +57,15 @@ class GradGraph:
     def needs_trainable_parameters(self, grad_fn: Any) -> bool:
         """True when a trainable parameter lies below: the output requires grad without input grad."""
         return grad_fn is not None and id(grad_fn) in self._above_trainable
+
+    def depends_on(self, grad_fn: Any, leaf: torch.Tensor) -> bool:
+        """True when the tensor produced by ``grad_fn`` is computed from ``leaf`` (a tensor that requires grad)."""
+        node = self._leaves.get(id(leaf))
+        if grad_fn is None or node is None:
+            return False
+        if id(leaf) not in self._above_leaf:
+            self._above_leaf[id(leaf)] = nx.ancestors(self.graph, node)
+        return id(grad_fn) in self._above_leaf[id(leaf)]
 
     def picks_between(self, grad_fn: Any) -> list[str]:
         """The token/element picks on the shortest path from the score to ``grad_fn``."""
