@@ -113,11 +113,12 @@ def observed_grids(probe: Probe) -> list[tuple[int, int]]:
 def call_out_of_range(module: str, count: int, index: int) -> Judgement:
     """HD102 for ``NAME#k`` when the module made k calls or fewer (``count``): that call never happens."""
     j = Judgement(call_name(module, index), module_name=module, call_index=index, calls=count)
-    made = "never runs" if not count else f"runs {count} time{'s' if count > 1 else ''} per forward pass"
+    made = "never runs" if not count else "runs once" if count == 1 else f"runs {count} times"
     valid = f" (`{module}#0`" + (f" to `{module}#{count - 1}`)" if count > 1 else ")") if count else ""
     j.add(
         "HD102",
-        f"`{module}` {made}, so its call {index} never happens and a hook on it would never fire.",
+        f"`{module}` {made} per forward pass, so its call {index} never happens and a hook on it would never "
+        "fire.",
         f"Name a call that happens{valid}; calls count from 0 in execution order."
         if count
         else "Choose a module that runs; the report lists each module with its call count.",
