@@ -248,6 +248,27 @@ def test_decoder_spec_routes_the_full_resolution_call_and_works():
     assert_spec_works(first, x)
 
 
+# ============================================================================ shared transformer block
+
+
+def test_shared_block_vit_naive_gradcam_draws_the_first_depth():
+    model, x, report = inspected("shared_block_vit")
+    spec = report.gradcam
+    assert spec.layer_name == "block.norm1#2" and spec.grid == (4, 4)
+    naive = run_pytorch_grad_cam(model, [model.block.norm1], x, spec.reshape_transform)
+    routed = run_pytorch_grad_cam(**{**spec.pytorch_grad_cam_kwargs(), "x": x})
+    assert len(naive.activations) == 3 and len(routed.activations) == 1
+    torch.testing.assert_close(routed.activations[0], naive.activations[2])
+    assert corr(naive.raw[0], routed.raw[0]) < 0.99
+
+
+def test_shared_block_vit_per_call_token_spec_works():
+    _, x, report = inspected("shared_block_vit")
+    spec = report.gradcam
+    assert spec.reshape_transform is not None  # tokens: the reshape and the routing together
+    assert_spec_works(spec, x)
+
+
 # ============================================================================ the spec as an object
 
 
@@ -287,14 +308,17 @@ def test_per_call_spec_json():
 # ============================================================================ snippets and CLI
 
 
-@pytest.mark.parametrize("name", ["two_view_siamese", "recurrent_refiner", "weight_tied_decoder"])
+@pytest.mark.parametrize("name", ["two_view_siamese", "recurrent_refiner", "weight_tied_decoder", "shared_block_vit"])
 @pytest.mark.parametrize("backend", ["pytorch-grad-cam", "captum"])
 def test_per_call_snippet_runs_as_pasted(name, backend):
     model, x, report = inspected(name)
     spec = report.gradcam
     image = x[0] if isinstance(x, tuple) else x
     code = spec.code(backend)
-    assert "class OneCall" in code and f"[{spec.module_name!r}], {spec.call_index})" in code
+    if backend == "captum" and spec.reshape_transform is not None:
+        assert f"layer={spec.layer_name!r}" in code  # Captum's token view comes from the spec itself
+    else:
+        assert "class OneCall" in code and f"[{spec.module_name!r}], {spec.call_index})" in code
     namespace = {"model": model, "x": image, "class_index": report.target, "example_input": x}
     exec(compile(code, "<snippet>", "exec"), namespace)  # the snippet is hookdoctor's own output
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0

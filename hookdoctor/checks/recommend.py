@@ -257,7 +257,13 @@ class GradCAMAnalysis:
             if j is not None and j.usable and j.layout is not None:
                 layout = self._confirm(j)
                 if layout is not None:
-                    spec, notes = self._spec(j, layout, (f"`{name}` was named and works",))
+                    reasons: tuple[str, ...] = (f"`{name}` was named and works",)
+                    if j.call_index is not None:
+                        reasons += (
+                            f"`{j.module_name}` runs {j.calls} times per forward pass; the spec routes call "
+                            f"{j.call_index} alone to the library",
+                        )
+                    spec, notes = self._spec(j, layout, reasons)
                     return spec, found + notes
         candidates = self._candidates()
         tried: set[int] = set()
