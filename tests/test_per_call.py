@@ -120,12 +120,14 @@ def test_siamese_recommends_the_call_that_sees_the_explained_input():
     spec = report.gradcam
     assert spec is not None, [(d.code, d.layer, d.message) for d in report.diagnostics]
     assert (spec.layer_name, spec.module_name, spec.call_index) == ("enc#0", "enc", 0)
-    assert "call 0 is the one that sees the explained input" in spec.reasons[0]
-    assert "call 1 processes another input" in spec.reasons[0]
+    assert "routes call 0 alone" in spec.reasons[0]
+    assert "the call that sees the explained input (call 1 processes another input)" in spec.reasons[0]
     assert isinstance(spec.model, CallRouter) and spec.layer is spec.model.call_view
     assert not report.errors() and report.ok
     note = [d for d in report.diagnostics if d.code == "HD103"]
     assert note and note[0].severity == "info" and note[0].layer == "enc#0"
+    # The report itself says which call and why, not only the spec's reasons.
+    assert "the spec explains call 0: it is the call that sees the explained input" in note[0].message
 
 
 def test_siamese_each_call_lines_up_with_its_own_input_and_not_the_other():

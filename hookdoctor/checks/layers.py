@@ -78,6 +78,7 @@ class Judgement:
     module_name: str = ""  # the module judged; differs from ``name`` for one call (``NAME#k``)
     call_index: int | None = None  # set when one call of a module is judged
     calls: int = 0  # how many times the module ran
+    other_input: bool = False  # one call (NAME#k) that is not computed from the explained input
     cut_off: CutOff | None = None  # set with HD201
 
     @property
@@ -217,6 +218,7 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
     # Checked before the gradient: the probe differentiates towards the input only, so another
     # view's call has no gradient recorded although the score depends on it.
     if call_index is not None and not ctx.grad_graph.depends_on(call.grad_fn, probe.image):
+        j.other_input = True
         j.add(
             "HD306",
             f"Call {call_index} of `{record.name}` does not see the explained input: its output is not computed "

@@ -259,11 +259,8 @@ class GradCAMAnalysis:
                 if layout is not None:
                     reasons: tuple[str, ...] = (f"`{name}` was named and works",)
                     if j.call_index is not None:
-                        reasons += (
-                            f"`{j.module_name}` runs {j.calls} times per forward pass; the spec routes call "
-                            f"{j.call_index} alone to the library",
-                        )
-                    spec, notes = self._spec(j, layout, reasons)
+                        reasons += (self._routing(j),)
+                    spec, notes = self._spec(j, layout, reasons, why="it is the call you named")
                     return spec, found + notes
         candidates = self._candidates()
         tried: set[int] = set()
@@ -278,14 +275,15 @@ class GradCAMAnalysis:
             layout = self._confirm(choice)
             if layout is not None:
                 first = "the last layer (in execution order) that runs once and returns a plain tensor"
-                if choice.call_index is not None:
-                    first = self._call_reason(choice)
+                why = self._why_call(choice) if choice.call_index is not None else ""
+                if why:
+                    first = f"{self._routing(choice)}: {why}"
                 reasons = (
                     first,
                     f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
                     "receives gradient from the score at every image cell and is not rewritten in place",
                 )
-                spec, notes = self._spec(choice, layout, reasons)
+                spec, notes = self._spec(choice, layout, reasons, why)
                 return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
             attempts += 1
             if attempts >= _MAX_TRIES:
@@ -301,22 +299,29 @@ class GradCAMAnalysis:
         )
         return None, found
 
-    def _call_reason(self, j: Judgement) -> str:
-        """Why call k of a shared module: which call it is, and what the others lack."""
-        module, index = j.module_name, j.call_index
-        others = [self.call_judgements[call_name(module, c)] for c in range(j.calls) if c != index]
-        elsewhere = [o for o in others if any(d.code == "HD306" and "does not see" in d.message for d in o.diagnostics)]
-        failing = [o for o in others if o not in elsewhere and o.call_index is not None and o.call_index > (index or 0)]
-        why = [f"`{module}` runs {j.calls} times per forward pass; the spec routes call {index} alone to the library"]
+    @staticmethod
+    def _routing(j: Judgement) -> str:
+        return (
+            f"`{j.module_name}` runs {j.calls} times per forward pass; the spec routes call {j.call_index} "
+            "alone to the library"
+        )
+
+    def _why_call(self, j: Judgement) -> str:
+        """Why the recommended call of a shared module: which call it is, and what the other calls lack."""
+        index = j.call_index or 0
+        others = [self.call_judgements[call_name(j.module_name, c)] for c in range(j.calls) if c != index]
+        elsewhere = [str(o.call_index) for o in others if o.other_input]
+        failing = [o for o in others if not o.other_input and (o.call_index or 0) > index]
+        why = []
         if elsewhere:
-            listed = ", ".join(str(o.call_index) for o in elsewhere)
-            why.append(f"call {index} is the one that sees the explained input (call {listed} processes another input)")
+            listed = ", ".join(elsewhere)
+            why.append(f"it is the call that sees the explained input (call {listed} processes another input)")
         if failing:
             codes = sorted({d.code for o in failing for d in o.diagnostics if d.severity == "error"})
             listed = ", ".join(str(o.call_index) for o in failing)
-            why.append(f"the later call {listed} gives no working map ({', '.join(codes) or 'empty map'})")
-        if not elsewhere and not failing:
-            why.append(f"call {index} is the last step (in execution order) that gives a working map")
+            why.append(f"the later call {listed} gives no working map ({', '.join(codes) or 'an empty map'})")
+        if not why:
+            why.append("it is the last call (in execution order) that gives a working map")
         return "; ".join(why)
 
     def _negative_evidence_notes(self, chosen: str | None, only: str | None = None) -> list[Diagnostic]:
@@ -349,15 +354,16 @@ class GradCAMAnalysis:
             )
         ]
 
-    def _call_note(self, j: Judgement) -> list[Diagnostic]:
+    def _call_note(self, j: Judgement, why: str = "") -> list[Diagnostic]:
         """HD103 as info for one call (``NAME#k``): the spec routes that call alone, so the reuse is handled."""
         if j.call_index is None:
             return []
+        chosen = f"; the spec explains call {j.call_index}: {why}" if why else ""
         return [
             Diagnostic.of(
                 "HD103",
-                f"`{j.module_name}` runs {j.calls} times per forward pass; a hook on it fires on every call "
-                "(pytorch-grad-cam keeps the first, Captum the last).",
+                f"`{j.module_name}` runs {j.calls} times per forward pass and a hook on it fires on every call "
+                f"(pytorch-grad-cam keeps the first, Captum the last){chosen}.",
                 f"The spec's .model routes call {j.call_index} alone through an identity module, the spec's .layer, "
                 "so the library hooks that call and nothing else.",
                 layer=j.name,
@@ -402,7 +408,9 @@ class GradCAMAnalysis:
             prefix_tokens=layout.prefix_tokens if layout else None,
         )
 
-    def _spec(self, j: Judgement, layout: Layout, reasons: tuple[str, ...]) -> tuple[GradCAMSpec, list[Diagnostic]]:
+    def _spec(
+        self, j: Judgement, layout: Layout, reasons: tuple[str, ...], why: str = ""
+    ) -> tuple[GradCAMSpec, list[Diagnostic]]:
         score = self.probe.score
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
@@ -416,7 +424,7 @@ class GradCAMAnalysis:
             layout_notes(j, layout)
             + ([grad_note] if grad_note else [])
             + self._coarse_notes(j.name)
-            + self._call_note(j)
+            + self._call_note(j, why)
         )
         score_text = score.selector.expression("model(x)")
         if score.pre_activation:

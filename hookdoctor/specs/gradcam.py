@@ -203,7 +203,8 @@ class GradCAMSpec:
     def to_dict(self) -> dict[str, Any]:
         found = {
             "layer_name": self.layer_name,
-            "layer_type": type(self.layer).__name__,
+            # A per-call spec's layer is the router's identity; the type that says something is the module's.
+            "layer_type": type(self.model.module if isinstance(self.model, CallRouter) else self.layer).__name__,
             "grid": list(self.grid),
             "layout": self.layout.kind,
             "prefix_tokens": self.layout.prefix_tokens,
