@@ -217,7 +217,7 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
         return j
     # Checked before the gradient: the probe differentiates towards the input only, so another
     # view's call has no gradient recorded although the score depends on it.
-    if call_index is not None and not ctx.grad_graph.depends_on(call.grad_fn, probe.image):
+    if call_index is not None and not ctx.grad_graph.depends_on(call.grad_fn, probe.input_image):
         j.other_input = True
         j.add(
             "HD306",

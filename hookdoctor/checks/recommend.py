@@ -35,7 +35,6 @@ from hookdoctor.geometry.layout import Layout, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.model.tree import module_kind
-from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
 from hookdoctor.specs.gradcam import CallRouter, GradCAMSpec, ScoreModel
@@ -86,7 +85,7 @@ class GradCAMAnalysis:
         self.attention_sites = attention_sites
         self.context = Context(
             probe=probe,
-            grad_graph=GradGraph(probe.score.value, list(inner.parameters())),
+            grad_graph=probe.graph,
             prefix_hint=prefix_token_hint(inner),
             observed_grids=observed_grids(probe),
         )
@@ -138,7 +137,7 @@ class GradCAMAnalysis:
                     method=GRADCAM,
                 )
             )
-        elif not score.value.requires_grad:
+        elif not score.has_gradient:
             found.append(
                 Diagnostic.of(
                     "HD203",
@@ -227,11 +226,10 @@ class GradCAMAnalysis:
         none of whose layouts lines up gets HD306.
         """
         call = j.first_call
-        layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay)), None)
+        image = self.probe.input_image
+        layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay)), None)
         if layout is None:
-            layout = next(
-                (lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay, strict=False)), None
-            )
+            layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay, strict=False)), None)
             if layout is not None:
                 self.coarse.append(j.name)
         if layout is not None:
@@ -325,7 +323,7 @@ class GradCAMAnalysis:
         return "; ".join(why)
 
     def _negative_evidence_notes(self, chosen: str | None, only: str | None = None) -> list[Diagnostic]:
-        target = int(self.probe.score.target[0])
+        target = self.probe.score.target
         instead = f"; the spec uses `{chosen}` instead" if chosen else ""
         return [
             Diagnostic.of(

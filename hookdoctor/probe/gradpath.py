@@ -22,17 +22,19 @@ _PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", 
 class GradGraph:
     def __init__(self, score: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
         self.graph = nx.DiGraph()
-        self.root = score.grad_fn
+        # Nodes are keyed by id(): the graph holds no autograd object, so it outlives the pass.
+        # Every visited function stays referenced while the graph is built, so no id is reused.
+        self.root: int | None = id(score.grad_fn) if score.grad_fn is not None else None
         trainable = {id(p) for p in parameters if p.requires_grad}
         trainable_leaves: list[int] = []
         self._leaves: dict[int, int] = {}  # id(leaf tensor) -> its AccumulateGrad node
-        stack = [self.root] if self.root is not None else []
-        seen: set[int] = set()
+        stack = [score.grad_fn] if score.grad_fn is not None else []
+        visited: dict[int, Any] = {}
         while stack:
             fn = stack.pop()
-            if id(fn) in seen:
+            if id(fn) in visited:
                 continue
-            seen.add(id(fn))
+            visited[id(fn)] = fn
             self.graph.add_node(id(fn), op=type(fn).__name__)
             variable = getattr(fn, "variable", None)
             if variable is not None:
@@ -71,6 +73,6 @@ class GradGraph:
         """The token/element picks on the shortest path from the score to ``grad_fn``."""
         if self.root is None or not self.reaches(grad_fn):
             return []
-        path = nx.shortest_path(self.graph, id(self.root), id(grad_fn))
+        path = nx.shortest_path(self.graph, self.root, id(grad_fn))
         ops = [self.graph.nodes[n]["op"] for n in path[1:-1]]
         return [op for op in ops if op.startswith(_PICKS)]
