@@ -12,7 +12,7 @@ from torch import nn
 
 from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.checks.layers import GRADCAM
-from hookdoctor.checks.recommend import GradCAMAnalysis
+from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.errors import InputError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
@@ -111,18 +111,21 @@ def inspect(
                 diagnostics += found
             summaries = analysis.summaries()
             target_index = probe.score.target  # the top class, or `target`
-            all_verdicts = {name: analysis.verdict(name) for name in analysis.judgements}
-        verdicts = {name: all_verdicts.get(name) or _unknown_layer(name, list(all_verdicts)) for name in requested}
+            all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
+            call_counts = {name: len(record.calls) for name, record in probe.records.items()}
+            module_names = list(analysis.judgements)
         aliases = _aliases(build_tree(inner, prefix), all_verdicts)
-
-    diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
 
     def check_layer(name: str) -> LayerVerdict:
         if name in all_verdicts:
             return all_verdicts[name]
         if name in aliases:  # the same module object under a second name
             return dataclasses.replace(all_verdicts[aliases[name]], name=name)
-        return _unknown_layer(name, list(all_verdicts))
+        per_call = call_verdict(name, all_verdicts, aliases, call_counts)  # NAME#k: one call of a module
+        return per_call or _unknown_layer(name, module_names)
+
+    verdicts = {name: check_layer(name) for name in requested}
+    diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
 
     return Report(
         methods=wanted,

@@ -206,7 +206,7 @@ def recorded_pass(
             input_gradient_zero=input_gradient_zero,
             grad_enabled_by_user=grad_enabled_by_user,
             consumed_randomness=consumed_randomness,
-            graph=GradGraph(value, list(model.parameters()), image),
+            graph=GradGraph(value, list(model.parameters())),
             score_value=value,
         )
         try:
