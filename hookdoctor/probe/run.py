@@ -122,15 +122,22 @@ class _Recorder:
 def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> list[Any]:
     """Tensor hooks that turn the score's gradient into statistics; the caller removes them."""
     handles = []
+    # Containers and in-place activations return the tensor they were given: one hook per
+    # tensor, its statistics shared by every call that returned it.
+    sharing: dict[int, tuple[torch.Tensor, list[CallRecord]]] = {}
     for record in records.values():
         for call in record.calls:
             tensor = call.tensor
             if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
+                sharing.setdefault(id(tensor), (tensor, []))[1].append(call)
+    for tensor, calls in sharing.values():
 
-                def keep(grad: torch.Tensor, call: CallRecord = call) -> None:
-                    call.grad = GradStats.of(grad)
+        def keep(grad: torch.Tensor, calls: list[CallRecord] = calls) -> None:
+            stats = GradStats.of(grad)
+            for call in calls:
+                call.grad = stats
 
-                handles.append(tensor.register_hook(keep))
+        handles.append(tensor.register_hook(keep))
     for seen in attention:
         probs = seen.probs
         if seen.on_path and probs is not None and probs.requires_grad:
