@@ -77,6 +77,20 @@ def _refusal(model: nn.Module, sites: Sequence[AttentionSite], prefix: str) -> D
             layer=_named(prefix, first.module),
             method=_METHOD,
         )
+    reduced = [s for s in sites if s.reduces_keys]
+    if reduced:
+        first = reduced[0]
+        return Diagnostic.of(
+            "HD513",
+            f"{_named(prefix, first.module)}{_more(reduced)} attend from {first.query_tokens} tokens to "
+            f"{first.key_tokens} keys pooled from them (spatial-reduction attention, as in PVT, Segformer and "
+            "CvT): each layer's matrix is not token-to-token, so the layers cannot be multiplied into a rollout "
+            "(the pooling that makes the keys is a learned convolution, not an attention to chain).",
+            "Use Grad-CAM (hookdoctor recommends a layer outside the attention), or look at one layer's raw "
+            "attention via hookdoctor.attention.capture_attention.",
+            layer=_named(prefix, first.module),
+            method=_METHOD,
+        )
     windows = [s for s in sites if s.mixes == "windows"]
     if windows:
         first = windows[0]
@@ -231,6 +245,30 @@ def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str,
     return "mean", ()
 
 
+def _explained_sequence(probe: Probe, name_prefix: str) -> list[AttentionCall]:
+    """The attention calls over the token sequence made from the explained input.
+
+    A model with several towers (CLIP: an image and a text transformer) runs attention over
+    several token sequences; rollout chains the layers of one of them, the one computed from
+    the image being explained. A call belongs to it when the output of the module that ran it
+    is computed from the input image (the probe's autograd graph says so). When the graph
+    cannot tell (no gradient, or no call computed from the image), every call is kept.
+    """
+    image = probe.image
+
+    def sees_image(seen: AttentionCall) -> bool | None:
+        record = probe.records.get(name_prefix + seen.site.module)
+        if image is None or record is None or seen.site.call_index >= len(record.calls):
+            return None
+        grad_fn = record.calls[seen.site.call_index].grad_fn
+        return probe.graph.depends_on(grad_fn, image) if grad_fn is not None else None
+
+    verdicts = [sees_image(seen) for seen in probe.attention]
+    if not any(verdicts):
+        return list(probe.attention)
+    return [seen for seen, sees in zip(probe.attention, verdicts, strict=True) if sees is not False]
+
+
 def analyse_attention(
     model: nn.Module,
     model_input: ModelInput,
@@ -267,12 +305,13 @@ def analyse_attention(
             "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
             method=_METHOD,
         ))
-    sites = [seen.site for seen in probe.attention]
+    attention = _explained_sequence(probe, name_prefix)
+    sites = [seen.site for seen in attention]
     refusal = _refusal(model, sites, name_prefix)
     if refusal is not None:
         return None, [refusal, *diagnostics]
 
-    block_calls = [seen for seen in probe.attention if seen.site.is_self_attention]
+    block_calls = [seen for seen in attention if seen.site.is_self_attention]
     blocks = [seen.site for seen in block_calls]
     last = sites[-1]
     tokens = blocks[0].key_tokens

@@ -19,6 +19,7 @@ import dataclasses
 
 from torch import nn
 
+from hookdoctor.checks.confirm import Confirmer
 from hookdoctor.checks.layers import (
     GRADCAM,
     NO_GRADIENT_FIX,
@@ -32,15 +33,14 @@ from hookdoctor.checks.layers import (
     split_call,
 )
 from hookdoctor.geometry.layout import Layout, prefix_token_hint
-from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.model.tree import module_kind
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
 from hookdoctor.specs.gradcam import CallRouter, GradCAMSpec, ScoreModel
 
-# Recommending a layer stops after this many candidates failed the locality or map check.
-_MAX_TRIES = 12
+# The HD203 finding names this many of the layers tried (and counts the rest).
+_LISTED_TRIES = 8
 
 
 def call_verdict(
@@ -97,8 +97,17 @@ class GradCAMAnalysis:
             if len(record.calls) > 1
             for index in range(len(record.calls))
         }
-        self.negative_evidence: list[str] = []
-        self.coarse: list[str] = []  # layers whose cells keep the image's order only (the relaxed locality test)
+        self.confirmer = Confirmer(self.context)  # the one judging path beyond judge(): map, then locality
+
+    @property
+    def negative_evidence(self) -> list[str]:
+        """Layers confirmed so far whose map is empty only because the class has negative evidence there."""
+        return [name for name, c in self.confirmer.confirmed().items() if c.negative_evidence]
+
+    @property
+    def coarse(self) -> list[str]:
+        """Layers confirmed so far whose cells keep the image's order only (the relaxed locality test)."""
+        return [name for name, c in self.confirmer.confirmed().items() if c.coarse]
 
     # -- model-level findings -------------------------------------------------------------
     def model_diagnostics(self) -> list[Diagnostic]:
@@ -219,44 +228,8 @@ class GradCAMAnalysis:
         return min(group, key=lambda j: j.first_call.order)
 
     def _confirm(self, j: Judgement) -> Layout | None:
-        """The first layout of ``j`` whose cells line up with the input and whose map works.
-
-        A layout that lines up but whose map is empty only because the class has negative
-        evidence there is remembered in ``self.negative_evidence`` for a warning; a layer
-        none of whose layouts lines up gets HD306.
-        """
-        call = j.first_call
-        image = self.probe.input_image
-        # A grid reached only through position-keeping operations lines up by construction:
-        # the locality test (backward passes as costly as the probe's) is for the others.
-        by_construction = not self.context.grad_graph.may_move_positions(call.grad_fn, image)
-        layout = next(
-            (
-                lay
-                for lay in j.layouts
-                if (by_construction and lay.kind == "NCHW") or lines_up(call.output_tensor, image, lay)
-            ),
-            None,
-        )
-        if layout is None:
-            layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay, strict=False)), None)
-            if layout is not None:
-                self.coarse.append(j.name)
-        if layout is not None:
-            weights = call.grad_stats.channel_weights(layout)
-            if is_working_map(gradcam_map(call.output_tensor, weights, layout)):
-                return layout
-            if is_working_map(gradcam_map(call.output_tensor, -weights, layout)):
-                self.negative_evidence.append(j.name)
-            return None
-        j.add(
-            "HD306",
-            f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
-            "gradient of a corner cell peaks elsewhere, so a map from it would be drawn in the wrong places.",
-            "Hook a layer whose cells follow the image, or pass the model's prefix-token count and grid if they "
-            "are unusual.",
-        )
-        return None
+        """The layout of ``j`` whose map works and whose cells line up (``Confirmer``), or None."""
+        return self.confirmer.confirm(j).layout
 
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
         found: list[Diagnostic] = []
@@ -271,15 +244,14 @@ class GradCAMAnalysis:
                     spec, notes = self._spec(j, layout, reasons, why="it is the call you named")
                     return spec, found + notes
         candidates = self._candidates()
-        tried: set[int] = set()
-        attempts = 0
+        tried: dict[int, Judgement] = {}  # every candidate tensor, latest first: no cap on the search
         for j in candidates:
             key = id(j.first_call.output_tensor)
             if key in tried:
                 continue
-            tried.add(key)
             group = [c for c in candidates if id(c.first_call.output_tensor) == key]
             choice = self._representative(group)
+            tried[key] = choice
             layout = self._confirm(choice)
             if layout is not None:
                 first = "the last layer (in execution order) that runs once and returns a plain tensor"
@@ -293,19 +265,30 @@ class GradCAMAnalysis:
                 )
                 spec, notes = self._spec(choice, layout, reasons, why)
                 return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
-            attempts += 1
-            if attempts >= _MAX_TRIES:
-                break
         found += self._negative_evidence_notes(None)
-        found.append(
-            Diagnostic.of(
-                "HD203",
-                "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
-                "Read the layer findings; hookdoctor explain HD203.",
-                method=GRADCAM,
-            )
-        )
+        found.append(self._nothing_works(list(tried.values())))
         return None, found
+
+    def _nothing_works(self, tried: list[Judgement]) -> Diagnostic:
+        """HD203, naming the layers tried and why each failed (the first few, and how many more)."""
+        if not tried:
+            message = (
+                "No layer gives a working Grad-CAM map on this input: no layer runs once, returns a plain tensor "
+                "laid out over the image, receives gradient from the score and lies outside the attention "
+                "internals (the layer table says which check each one fails)."
+            )
+        else:
+            reasons = []
+            for j in tried[:_LISTED_TRIES]:
+                confirmation = self.confirmer.confirm(j)
+                codes = [d.code for d in j.diagnostics if d.severity == "error"]
+                reasons.append(f"`{j.name}` ({confirmation.failure}{', ' + codes[0] if codes else ''})")
+            more = f", and {len(tried) - _LISTED_TRIES} more" if len(tried) > _LISTED_TRIES else ""
+            message = (
+                f"No layer gives a working Grad-CAM map on this input. Tried every candidate ({len(tried)}), "
+                f"latest first: {'; '.join(reasons)}{more}."
+            )
+        return Diagnostic.of("HD203", message, "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM)
 
     @staticmethod
     def _routing(j: Judgement) -> str:
@@ -399,7 +382,8 @@ class GradCAMAnalysis:
         j = self.judgement(name)
         if j is None:
             raise KeyError(name)
-        layout = j.layout
+        confirmed = self.confirmer.confirm(j).layout if j.usable and j.layout is not None else None
+        layout = confirmed or j.layout
         notes: list[Diagnostic] = []
         if j.usable and layout is not None:
             grad_note = self._grad_note(j)
@@ -498,7 +482,7 @@ class GradCAMAnalysis:
         out = []
         for name, j in self.judgements.items():
             record = self.probe.records[name]
-            layout = j.layout
+            layout = (self.confirmer.confirm(j).layout or j.layout) if j.usable and j.layout is not None else j.layout
             out.append(
                 LayerSummary(
                     name=name,
