@@ -94,7 +94,8 @@ def inspect(
         with recorded_pass(inner, model_input, target, prefix, output) as probe:  # the one recorded pass
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
-                diagnostics.append(_nondeterministic())
+                shuffled = probe.graph.gathers_from(probe.input_image)
+                diagnostics.append(_shuffled_tokens() if shuffled else _nondeterministic())
             analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
                 gradcam_spec, found = analysis.recommend(requested)
@@ -154,6 +155,19 @@ def _nondeterministic() -> Diagnostic:
         "something random runs at inference, so every map changes from call to call.",
         "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
         "explaining it; hookdoctor explain HD006.",
+    )
+
+
+def _shuffled_tokens() -> Diagnostic:
+    """HD007: random numbers drawn and tokens gathered by an index computed from the image (ViTMAE)."""
+    return Diagnostic.of(
+        "HD007",
+        "The token order is shuffled: the forward draws random numbers and gathers the image's tokens by an "
+        "index made from them (as ViTMAE's random masking does, even with mask_ratio=0), so every layer after "
+        "the gather holds the patches in a new order on each call and no map from it follows the image.",
+        "Keep the patch order: pass sorted noise (ViTMAE: model(pixel_values=x, noise=torch.arange(num_patches)"
+        ".expand(batch, -1)) with config.mask_ratio=0.0), or explain a layer before the shuffle; hookdoctor "
+        "explain HD007.",
     )
 
 

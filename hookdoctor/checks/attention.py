@@ -305,6 +305,17 @@ def analyse_attention(
             "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
             method=_METHOD,
         ))
+    if probe.consumed_randomness and probe.image is not None and probe.graph.gathers_from(probe.image):
+        return None, [Diagnostic.of(
+            "HD007",
+            f"{type(model).__name__} shuffles the image's tokens at random before its attention layers (a gather "
+            "by an index drawn from random noise, as ViTMAE's masking does), so the rows of every attention "
+            "matrix are patches in a new order on each call and a rollout reshaped to the patch grid puts them "
+            "in the wrong places.",
+            "Keep the patch order (ViTMAE: pass noise=torch.arange(num_patches).expand(batch, -1) with "
+            "config.mask_ratio=0.0) and inspect again; hookdoctor explain HD007.",
+            method=_METHOD, severity="error",
+        ), *diagnostics]
     attention = _explained_sequence(probe, name_prefix)
     sites = [seen.site for seen in attention]
     refusal = _refusal(model, sites, name_prefix)

@@ -17,6 +17,9 @@ import torch
 
 # Autograd functions that pick part of a tensor: the CLS pick of a ViT head is one.
 _PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", "SplitBackward", "NarrowBackward")
+# Operations that pick elements by an index tensor: a gather by indices drawn at random
+# reorders tokens (ViTMAE's random masking).
+_GATHERS = ("GatherBackward", "IndexBackward", "IndexSelectBackward", "TakeAlongDimBackward")
 # Operations that keep every value at its spatial position (convolutions, per-position or
 # per-channel arithmetic, normalisation, local pooling, resampling, global context that is
 # broadcast back): a map made only of these lines up with the input by construction.
@@ -95,6 +98,11 @@ class GradGraph:
         if id(leaf) not in self._above_leaf:
             self._above_leaf[id(leaf)] = nx.ancestors(self.graph, node) | {node}
         return self._above_leaf[id(leaf)]
+
+    def gathers_from(self, leaf: torch.Tensor) -> bool:
+        """True when an index-driven pick (gather, index_select, advanced indexing) is computed from ``leaf``."""
+        above = self._ancestors_of_leaf(leaf)
+        return above is not None and any(self.graph.nodes[n]["op"].startswith(_GATHERS) for n in above)
 
     def may_move_positions(self, grad_fn: Any, image: torch.Tensor) -> bool:
         """False when every operation between ``image`` and ``grad_fn`` keeps positions.
