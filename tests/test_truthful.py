@@ -189,3 +189,87 @@ def test_hd203_names_the_layers_tried_and_why_each_failed():
     assert "Tried every candidate" in found.message
     assert "searched all of them" in hookdoctor.explain("HD203")
     assert "tried every layer" not in hookdoctor.explain("HD203")
+
+
+# -- item 9: CLIP-style models: rollout over the tower that sees the image ----------------------------
+def _tiny_clip():
+    import transformers
+
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=2,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    inputs = dict(pixel_values=torch.randn(1, 3, 32, 32), input_ids=torch.tensor([[0, 5, 7, 9, 2], [0, 8, 3, 4, 2]]))
+    return model, inputs
+
+
+def test_clip_text_attention_does_not_make_the_image_tower_look_windowed():
+    from hookdoctor.model.inputs import resolve_input
+    from hookdoctor.probe.sites import find_attention_sites
+
+    model, inputs = _tiny_clip()
+    sites = find_attention_sites(model, resolve_input(model, inputs, None))
+    text = [s for s in sites if s.module.startswith("text_model")]
+    assert text and all(s.mixes == "windows" for s in text)  # two texts for one image: read as windows
+    report = hookdoctor.inspect(model, inputs, output="logits_per_image", methods=("rollout",))
+    assert not [d for d in report.diagnostics if d.code == "HD506"]
+    spec = report.rollout
+    assert spec is not None and all(name.startswith("vision_model.") for name in spec.layer_names)
+    assert spec.grid == (4, 4) and spec.prefix_tokens == 1
+    rollout = spec.rollout(model, inputs)
+    assert rollout.shape == (1, 4, 4) and bool(torch.isfinite(rollout).all()) and float(rollout.std()) > 0
+
+
+# -- item 10: ViTMAE's shuffled token order -----------------------------------------------------------
+class _MAEClassifier(torch.nn.Module):
+    """A ViTMAE encoder with a head on its CLS token; ``sorted_noise`` keeps the patch order."""
+
+    def __init__(self, sorted_noise: bool) -> None:
+        super().__init__()
+        import transformers
+
+        config = transformers.ViTMAEConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            patch_size=8, mask_ratio=0.0,
+        )
+        torch.manual_seed(0)
+        self.vit = transformers.ViTMAEModel(config)
+        self.head = torch.nn.Linear(32, 5)
+        self.sorted_noise = sorted_noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.arange(16.0).expand(x.shape[0], -1) if self.sorted_noise else None
+        return self.head(self.vit(pixel_values=x, noise=noise).last_hidden_state[:, 0])
+
+
+def test_vitmae_says_the_token_order_is_shuffled_and_sorted_noise_fixes_it():
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    shuffled = _MAEClassifier(sorted_noise=False).eval()
+    report = hookdoctor.inspect(shuffled, x)
+    codes = _codes(report)
+    assert "HD007" in codes and "HD006" not in codes
+    assert report.rollout is None
+    assert [d.severity for d in report.diagnostics if d.code == "HD007" and d.method == "rollout"] == ["error"]
+    assert "noise=torch.arange" in hookdoctor.explain("HD007")
+    # After the shuffle the tokens are in a random order: the naive reshape does not line up.
+    layer = shuffled.vit.layers[0].layernorm_before
+    cells = corner_cells((4, 4))
+    torch.manual_seed(1)
+    assert aligned_cells(shuffled, layer, ReshapeTransform("tokens", (4, 4), 1), (4, 4), x, cells) < len(cells)
+    assert not report.check_layer("vit.layers.0.layernorm_before").usable
+
+    fixed = _MAEClassifier(sorted_noise=True).eval()
+    report = hookdoctor.inspect(fixed, x)
+    codes = _codes(report)
+    assert "HD007" not in codes and "HD006" not in codes
+    assert report.rollout is not None and report.rollout.grid == (4, 4)
+    spec = report.gradcam
+    assert spec is not None and spec.layout.kind == "tokens" and spec.grid == (4, 4)
+    assert_working_map(spec_gradcam(spec, x), spec.grid)
+    assert_aligned(spec, x)
