@@ -10,7 +10,7 @@ from typing import Any
 import networkx as nx
 from torch import nn
 
-from hookdoctor.checks.attention import analyse_attention
+from hookdoctor.checks.attention import analyse_attention, tokens_shuffled
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.errors import InputError
@@ -94,8 +94,7 @@ def inspect(
         with recorded_pass(inner, model_input, target, prefix, output) as probe:  # the one recorded pass
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
-                shuffled = probe.graph.gathers_from(probe.input_image)
-                diagnostics.append(_shuffled_tokens() if shuffled else _nondeterministic())
+                diagnostics.append(_shuffled_tokens() if tokens_shuffled(probe) else _nondeterministic())
             analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
                 gradcam_spec, found = analysis.recommend(requested)

@@ -245,6 +245,21 @@ def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str,
     return "mean", ()
 
 
+def tokens_shuffled(probe: Probe) -> bool:
+    """True when the forward drew random numbers and a gather by index lies between the image and the
+    last token sequence the score depends on (ViTMAE's random masking: argsort(noise), then gather)."""
+    if not probe.consumed_randomness or probe.image is None:
+        return False
+    tokens = [
+        call
+        for record in probe.records.values()
+        for call in record.calls
+        if call.shape is not None and len(call.shape) == 3 and probe.graph.reaches(call.grad_fn)
+    ]
+    last = max(tokens, key=lambda call: call.order, default=None)
+    return last is not None and probe.graph.gathers_between(last.grad_fn, probe.image)
+
+
 def _explained_sequence(probe: Probe, name_prefix: str) -> list[AttentionCall]:
     """The attention calls over the token sequence made from the explained input.
 
@@ -305,7 +320,7 @@ def analyse_attention(
             "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
             method=_METHOD,
         ))
-    if probe.consumed_randomness and probe.image is not None and probe.graph.gathers_from(probe.image):
+    if tokens_shuffled(probe):
         return None, [Diagnostic.of(
             "HD007",
             f"{type(model).__name__} shuffles the image's tokens at random before its attention layers (a gather "

@@ -30,6 +30,10 @@ from hookdoctor.geometry.locality import (
     peaks_at_cells,
 )
 
+# The locality test runs on at most this many layouts per layer (most likely first), so a
+# layer costs at most 2 * _MAX_LAYOUTS backward passes, however many readings its shape allows.
+_MAX_LAYOUTS = 3
+
 
 @dataclass(frozen=True)
 class Confirmation:
@@ -103,6 +107,7 @@ class Confirmer:
         if not working:
             why = "map empty: only negative evidence for the class" if negative else "map empty or constant"
             return Confirmation(None, failure=why, negative_evidence=negative)
+        working = working[:_MAX_LAYOUTS]
         image = self.probe.input_image
         if not self.context.grad_graph.may_move_positions(call.grad_fn, image):
             nchw = next((lay for lay in working if lay.kind == "NCHW"), None)

@@ -99,10 +99,14 @@ class GradGraph:
             self._above_leaf[id(leaf)] = nx.ancestors(self.graph, node) | {node}
         return self._above_leaf[id(leaf)]
 
-    def gathers_from(self, leaf: torch.Tensor) -> bool:
-        """True when an index-driven pick (gather, index_select, advanced indexing) is computed from ``leaf``."""
+    def gathers_between(self, grad_fn: Any, leaf: torch.Tensor) -> bool:
+        """True when an index-driven pick (gather, index_select, advanced indexing) lies between ``leaf``
+        and the tensor produced by ``grad_fn`` (not the score's own pick of the target class above it)."""
         above = self._ancestors_of_leaf(leaf)
-        return above is not None and any(self.graph.nodes[n]["op"].startswith(_GATHERS) for n in above)
+        if above is None or not self.reaches(grad_fn):
+            return False
+        between = (nx.descendants(self.graph, id(grad_fn)) | {id(grad_fn)}) & above
+        return any(self.graph.nodes[n]["op"].startswith(_GATHERS) for n in between)
 
     def may_move_positions(self, grad_fn: Any, image: torch.Tensor) -> bool:
         """False when every operation between ``image`` and ``grad_fn`` keeps positions.
