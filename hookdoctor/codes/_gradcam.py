@@ -274,9 +274,13 @@ Hook the last layer before the pooling.""",
         """Grad-CAM draws one value per spatial cell of the layer. A tensor whose dimensions do
 not follow the input's geometry - attention scores `[B, heads, T, T]`, windows of a Swin
 block, a resampled grid, a positional bias - gives a map that does not line up with the
-image.
+image. A tensor of the right size can fail too: tokens in another order than image rows
+(Hiera's mask units, shuffled tokens), a mirrored map, or two views summed. hookdoctor
+checks every usable layer the same way for `check_layer`, `inspect(layer=...)` and the
+recommendation: the input gradient of a probe cell must peak at that cell.
 
-Hook a layer whose output is a grid (or a token sequence) that follows the image.""",
+Hook a layer whose output is a grid (or a token sequence in raster order) that follows the
+image.""",
     ),
     Code(
         "HD307", "coarse-alignment", _LAYOUT, "warning",
