@@ -13,10 +13,13 @@ from torch import nn
 from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
+from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
 from hookdoctor.errors import InputError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
 from hookdoctor.model.inputs import resolve_input
+from hookdoctor.model.memory import guard_pass
+from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
 from hookdoctor.probe.run import recorded_pass
@@ -54,6 +57,7 @@ def inspect(
     methods: str | Iterable[str] = METHODS,
     layer: str | Sequence[str] | None = None,
     output: str | int | None = None,
+    structure_only: bool = False,
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
@@ -62,10 +66,33 @@ def inspect(
     index); by default the ``logits`` field, else the first 2-D tensor, is explained. The
     model comes back untouched: hooks, training flags, requires_grad, .grad, attention
     settings and parameters are as they were, also when its forward raises.
+
+    ``structure_only=True`` runs the pass on the meta device (no weights, no values): a
+    model built under ``torch.device("meta")`` is run as it is, a model on a real device
+    through a weightless copy (its own modules are untouched, and the spec names them).
+    Specs come back with ``verified=False`` and the report lists the checks that need
+    values (``report.not_run``). Without it, a model whose pass would not fit in memory
+    raises ``InsufficientMemoryError`` suggesting it.
     """
     wanted = _methods(methods)
     inner, prefix, wrappers = unwrap(model)
-    model_input = resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
+    built_on_meta = is_meta(inner)
+    if built_on_meta and not structure_only:
+        raise InputError(
+            f"{type(inner).__name__} lives on the meta device: it has shapes but no weights, so it cannot run "
+            "at full size. Pass structure_only=True (--structure-only) to inspect its structure, or build it "
+            "on a real device."
+        )
+    # The pass runs on `runner`: the model itself, or its weightless copy for a structure-only look.
+    runner = meta_copy(inner) if structure_only and not built_on_meta else inner
+    shape = tuple(input_shape) if input_shape is not None else None
+    model_input = resolve_input(runner, example_input, shape)
+    if structure_only:
+        model_input = meta_input(model_input)
+    else:
+        guard_pass(inner, model_input)
+    # Specs name the user's modules, also when the pass ran on the copy.
+    modules = {prefix + name: module for name, module in inner.named_modules() if name} if runner is not inner else None
     diagnostics: list[Diagnostic] = []
     if wrappers:
         diagnostics.append(
@@ -88,20 +115,20 @@ def inspect(
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
-    with preserved(model):
+    with preserved(model if runner is inner else runner):
         was_training = inner.training
-        inner.eval()
-        with recorded_pass(inner, model_input, target, prefix, output) as probe:  # the one recorded pass
+        runner.eval()
+        with recorded_pass(runner, model_input, target, prefix, output) as probe:  # the one recorded pass
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_nondeterministic())
-            analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
+            analysis = GradCAMAnalysis(model, runner, model_input, probe, sites, modules=modules)
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
                 gradcam_spec, found = analysis.recommend(requested)
                 diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
             if "rollout" in wanted:
                 rollout_spec, found = analyse_attention(
-                    inner,
+                    runner,
                     model_input,
                     probe=probe,
                     name_prefix=prefix,
@@ -110,11 +137,12 @@ def inspect(
                 )
                 diagnostics += found
             summaries = analysis.summaries()
-            target_index = probe.score.target  # the top class, or `target`
+            # the top class, or `target`; a structure-only pass has no top class
+            target_index = probe.score.target if not structure_only or target is not None else None
             all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
             call_counts = {name: len(record.calls) for name, record in probe.records.items()}
             module_names = list(analysis.judgements)
-        aliases = _aliases(build_tree(inner, prefix), all_verdicts)
+        aliases = _aliases(build_tree(runner, prefix), all_verdicts)
 
     def check_layer(name: str) -> LayerVerdict:
         if name in all_verdicts:
@@ -126,6 +154,9 @@ def inspect(
 
     verdicts = {name: check_layer(name) for name in requested}
     diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
+    if structure_only:  # nothing was run on values: every spec says so
+        gradcam_spec = dataclasses.replace(gradcam_spec, verified=False) if gradcam_spec is not None else None
+        rollout_spec = dataclasses.replace(rollout_spec, verified=False) if rollout_spec is not None else None
 
     return Report(
         methods=wanted,
@@ -139,6 +170,8 @@ def inspect(
         layers=summaries,
         layer_verdicts=verdicts,
         _judge=check_layer,
+        structure_only=structure_only,
+        not_run=NOT_RUN_WITHOUT_VALUES if structure_only else (),
     )
 
 

@@ -132,6 +132,15 @@ class Report:
     layers: list[LayerSummary]
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
+    structure_only: bool = False  # the pass ran on the meta device: shapes and graph, no values
+    not_run: tuple[str, ...] = ()  # the checks that need values, skipped by a structure-only pass
+
+    @property
+    def full_run_adds(self) -> str | None:
+        """One line: what inspecting without structure_only would add (None after a full run)."""
+        from hookdoctor.checks.structure import FULL_RUN_ADDS
+
+        return FULL_RUN_ADDS if self.structure_only else None
 
     @property
     def ok(self) -> bool:
@@ -166,6 +175,8 @@ class Report:
             "rollout": self.rollout.to_dict() if self.rollout is not None else None,
             "checked_layers": {n: v.to_dict() for n, v in self.layer_verdicts.items()},
             "layers": [layer.to_dict() for layer in self.layers],
+            "structure_only": self.structure_only,
+            "not_run": list(self.not_run),
         }
 
     def __rich_console__(self, console: Any, options: Any) -> Any:

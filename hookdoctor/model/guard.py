@@ -55,7 +55,8 @@ def preserved(model: nn.Module) -> Iterator[None]:
     configs = [
         (c, {f: getattr(c, f) for f in _CONFIG_FIELDS if f in getattr(c, "__dict__", {})}) for c in _configs(model)
     ]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    # Meta buffers hold no values to restore (a structure-only pass).
+    buffers = [(b, b.detach().clone()) for b in model.buffers() if not b.is_meta]
     rng = torch.random.get_rng_state()
     try:
         yield

@@ -119,6 +119,8 @@ def resolve_input(
                 f"input_shape must be four positive sizes (B, C, H, W), got {shape!r}; for example (1, 3, 224, 224)."
             )
         device, dtype = _device_and_dtype(model)
+        if device.type == "meta":  # structure only: a shape, no values, no memory
+            return ModelInput((torch.empty(*map(int, shape), device=device, dtype=dtype),), {}, 0)
         generator = torch.Generator().manual_seed(0)
         image = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32)
         return ModelInput((image.to(device=device, dtype=dtype),), {}, 0)

@@ -42,6 +42,8 @@ class GradGraph:
         trainable = {id(p) for p in parameters if p.requires_grad}
         trainable_leaves: list[int] = []
         self._leaves: dict[int, int] = {}  # id(leaf tensor) -> its AccumulateGrad node
+        # (op, dim, index, input sizes) of each single-element pick
+        self._selects: list[tuple[str, int, int, tuple[int, ...]]] = []
         stack = [score.grad_fn] if score.grad_fn is not None else []
         visited: dict[int, Any] = {}
         while stack:
@@ -50,6 +52,11 @@ class GradGraph:
                 continue
             visited[id(fn)] = fn
             self.graph.add_node(id(fn), op=type(fn).__name__)
+            if type(fn).__name__.startswith("SelectBackward"):
+                # What was picked, for the structure-only cut-off test (the meta device has no values).
+                self._selects.append(
+                    (type(fn).__name__, int(fn._saved_dim), int(fn._saved_index), tuple(fn._saved_self_sym_sizes))
+                )
             variable = getattr(fn, "variable", None)
             if variable is not None:
                 self._leaves[id(variable)] = id(fn)
@@ -86,6 +93,22 @@ class GradGraph:
         path = nx.shortest_path(self.graph, self.root, id(grad_fn))
         ops = [self.graph.nodes[n]["op"] for n in path[1:-1]]
         return [op for op in ops if op.startswith(_PICKS)]
+
+    def _token_selects(self, num_tokens: int) -> list[tuple[str, int]]:
+        # A negative index counts from the end: normalised, so that "the CLS token" reads 0.
+        return [
+            (op, index % num_tokens)
+            for op, dim, index, sizes in self._selects
+            if len(sizes) == 3 and dim == 1 and sizes[1] == num_tokens
+        ]
+
+    def token_picks(self, num_tokens: int) -> tuple[str, ...]:
+        """The picks of one token out of a ``[B, num_tokens, C]`` sequence below the score (a CLS pick)."""
+        return tuple(dict.fromkeys(op for op, _ in self._token_selects(num_tokens)))
+
+    def picked_tokens(self, num_tokens: int) -> tuple[int, ...]:
+        """Which tokens of a ``[B, num_tokens, C]`` sequence those picks take, in order."""
+        return tuple(sorted({index for _, index in self._token_selects(num_tokens)}))
 
     def _ancestors_of_leaf(self, leaf: torch.Tensor) -> set[int] | None:
         """The graph's nodes computed from ``leaf`` (None when the score does not depend on it)."""

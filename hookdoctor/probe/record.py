@@ -117,6 +117,7 @@ class AttentionCall:
     probs: torch.Tensor | None  # held during inspect only
     on_path: bool
     row_energy: torch.Tensor | None = None
+    module_calls_before: int = 0  # module calls recorded before this attention ran (CallRecord.order)
 
     @property
     def reached(self) -> bool:
@@ -150,6 +151,22 @@ class Probe:
     consumed_randomness: bool  # the eval-mode forward drew from the global RNG (HD006)
     graph: GradGraph  # the autograd graph below the score, by node id (holds no tensor)
     score_value: torch.Tensor | None = None  # the differentiated scalar (held during inspect only)
+    structure_only: bool = False  # the pass ran on meta tensors: shapes and graph, no values
+
+    def cut_off_by_pick(self, call: CallRecord, num_tokens: int) -> tuple[str, ...] | None:
+        """Structure's answer to "does gradient reach this token output's patch tokens?" (meta device).
+
+        The score's gradient cannot reach a token sequence's patch tokens when the path from
+        the score picks single tokens (``SelectBackward0`` on the token dimension) and no
+        attention mixes tokens after the call: the gradient from the pick lands on the picked
+        token only. Returns the picks then (HD201), else None.
+        """
+        # Any attention after the call mixes tokens (captured on the gradient path or beside it).
+        attention_after = any(seen.module_calls_before > call.order for seen in self.attention)
+        if attention_after or call.grad_fn is None:
+            return None
+        picks = self.graph.token_picks(num_tokens)
+        return picks or None
 
     @property
     def input_image(self) -> torch.Tensor:

@@ -56,6 +56,8 @@ def _input_gradient(value: torch.Tensor, image: torch.Tensor) -> torch.Tensor | 
 
 
 def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
+    if target is None and logits.is_meta:  # no values: class 0 stands for the top class (paths are the same)
+        return torch.zeros((logits.shape[0],), dtype=torch.long, device=logits.device)
     if target is None:
         return logits.detach().argmax(dim=1)
     if not 0 <= int(target) < logits.shape[1]:
@@ -68,6 +70,8 @@ def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
 
 def _rng_states(device: torch.device) -> list[torch.Tensor]:
     """The global RNG states a forward on ``device`` can draw from."""
+    if device.type == "meta":  # random ops on meta tensors draw nothing: determinism is not judged there
+        return []
     states = [torch.random.get_rng_state()]
     if device.type == "cuda" and torch.cuda.is_initialized():
         states.append(torch.cuda.get_rng_state(device))
@@ -116,7 +120,7 @@ class _Recorder:
     def on_attention(self, event: AttentionEvent) -> None:
         site = self.namer.site(event) if self.recording else None
         if site is not None:
-            self.attention.append(AttentionCall(site, event.probs, event.on_path))
+            self.attention.append(AttentionCall(site, event.probs, event.on_path, module_calls_before=self.order))
 
 
 def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> list[Any]:
@@ -180,7 +184,7 @@ def recorded_pass(
         # counter): the probe and the checks over its graph need both, whatever the caller's mode.
         scope.enter_context(torch.inference_mode(False))
         scope.enter_context(torch.enable_grad())
-        image = model_input.image.detach().clone().requires_grad_(True)
+        image = model_input.image.detach().clone().requires_grad_(True)  # on the model's device (meta too)
         rng_before = _rng_states(image.device)
         scope.enter_context(intercepting(model, recorder.on_attention, on_path=True, module_sink=recorder.on_module))
         try:
@@ -215,6 +219,7 @@ def recorded_pass(
             consumed_randomness=consumed_randomness,
             graph=GradGraph(value, list(model.parameters())),
             score_value=value,
+            structure_only=image.is_meta,
         )
         try:
             yield probe
@@ -250,15 +255,17 @@ def _differentiate(
     ):
         pre_activation = producer.name
         scored = producer.first_input
-    saturated = pre_activation is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
+    values = not logits.is_meta  # on the meta device only structure is known (structure_only)
+    saturated = values and pre_activation is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
     target_idx = _target_indices(scored, target)
     handles = _gradient_hooks(records, attention)
     try:
         value = scored.gather(1, target_idx[:, None]).sum()
         input_grad = _input_gradient(value, image)
-        input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
+        # Without values, a connected input is all that can be known: the gradient is taken as non-zero.
+        input_gradient_zero = input_grad is None or (values and not bool(input_grad.abs().max() > 0))
         zero_head = None
-        if input_gradient_zero:
+        if input_gradient_zero and values:
             head = _zero_initialised_head(records, scored)
             if head is not None and head.first_input is not None:
                 zero_head = head.name
@@ -272,7 +279,7 @@ def _differentiate(
         selector=selector,
         other_heads=other_heads,
         output_structure=describe(output),
-        target=int(target_idx[0]),
+        target=int(target_idx[0]) if values else int(target or 0),
         pre_activation=pre_activation,
         saturated=saturated,
         zero_head=zero_head,

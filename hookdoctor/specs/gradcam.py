@@ -170,6 +170,8 @@ class GradCAMSpec:
     reasons: tuple[str, ...] = field(default_factory=tuple)
     score: str = "logits"
     call_index: int | None = None
+    # False when the spec comes from a structure-only (meta device) pass: no map was computed with it
+    verified: bool = True
 
     @property
     def module_name(self) -> str:
@@ -212,6 +214,7 @@ class GradCAMSpec:
             "model_wrapper": type(self.model).__name__ if isinstance(self.model, (ScoreModel, CallRouter)) else None,
             "score": self.score,
             "reasons": list(self.reasons),
+            "verified": self.verified,
         }
         if self.call_index is not None:  # only per-call specs: the keys of every other report stay as they were
             found.update(module_name=self.module_name, call_index=self.call_index)
