@@ -109,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--strict", action="store_true", help="count warnings as failures (exit 1)")
     inspect.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="build and run the model on the meta device (no weights, no values): for models too large "
+        "to run; checks that need values are listed as not run and specs are unverified",
+    )
+    inspect.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="run the model there: cpu, cuda, cuda:1, mps (default: cpu)",
+    )
+    inspect.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -336,27 +347,78 @@ def _load_and_inspect(args: argparse.Namespace, methods: tuple[str, ...]) -> tup
         trust_pickle=args.trust_pickle,
         trust_remote_code=args.trust_remote_code,
     )
-    with progress(f"Building {args.model}"):
-        loaded = load_model(args.model, options)
+    shown = not args.json  # progress on a terminal only, and never under --json
+    if args.structure_only:
+        if args.device is not None:
+            raise InputError(
+                "--device has no effect with --structure-only: the model is built on the meta device, with "
+                "no weights anywhere. Drop one of the two."
+            )
+        with progress(f"Building {args.model} on the meta device", enabled=shown):
+            loaded = load_model(args.model, options, on_meta=True)
+        model = loaded.model
+    else:
+        device = _device(args.device)
+        if loaded_by_library(args.model):
+            # Weights and one pass at full size must fit: measured on a weightless build first.
+            with progress(f"Estimating the memory {args.model} needs", enabled=shown):
+                from hookdoctor.model.memory import guard_build
+
+                guard_build(load_model(args.model, options, on_meta=True).model, args.input_shape, device)
+        with progress(f"Building {args.model}", enabled=shown):
+            loaded = load_model(args.model, options)
+        model = loaded.model if device is None else loaded.model.to(device)
     import hookdoctor
 
     input_shape = args.input_shape or loaded.input_shape
-    with progress(f"Probing {type(loaded.model).__name__} (one forward and backward pass)"):
+    what = "on the meta device" if args.structure_only else "one forward and backward pass"
+    with progress(f"Probing {type(model).__name__} ({what})", enabled=shown):
         report = hookdoctor.inspect(
-            loaded.model,
+            model,
             input_shape=input_shape,
             target=args.target,
             output=args.output,
             methods=methods,
             layer=args.layer,
+            structure_only=args.structure_only,
         )
-    return report, loaded.model
+    return report, model
+
+
+def loaded_by_library(model: str) -> bool:
+    """MODEL strings torchvision, timm or transformers build (cheaply, on the meta device too)."""
+    from pathlib import Path
+
+    prefix, _, rest = model.partition(":")
+    return (prefix in ("torchvision", "timm", "hf") and bool(rest)) or (Path(model) / "config.json").is_file()
+
+
+def _device(text: str | None) -> Any:
+    """The torch.device ``--device`` names, or None (the model stays where it was built)."""
+    if text is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise InputError(f"--device {text!r} is not a device torch knows ({_first_line(exc)}); use cpu, cuda, "
+                         "cuda:1 or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {text} asks for CUDA, but torch sees no CUDA device here; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {text} asks for MPS, but it is not available here; use --device cpu.")
+    if device.type == "meta":
+        raise InputError("--device meta: use --structure-only, which builds and inspects the model there.")
+    return device
 
 
 def _model_summary(model: Any, report: Report) -> Any:
     from hookdoctor.render.progress import progress
     from hookdoctor.render.summary import summarize_model
 
+    if report.structure_only:  # torchinfo runs the model: there are no values on the meta device
+        return None
     with progress("Counting parameters and mult-adds (torchinfo)"):
         return summarize_model(model, report.input_shape)
 

@@ -143,3 +143,25 @@ def guard_pass(model: nn.Module, model_input: Any) -> None:
     except Exception:  # a model the meta device cannot run is not guarded: the estimate is only a courtesy
         return
     ensure_fits(MemoryEstimate(count, 0, activations), device, type(model).__name__)
+
+
+def guard_build(meta_model: nn.Module, input_shape: tuple[int, ...] | None, device: torch.device | None) -> None:
+    """Before building a model at full size: its weights plus one pass, estimated from a meta build of it."""
+    from hookdoctor.model.inputs import resolve_input
+
+    target = device if device is not None else torch.device("cpu")
+    available = available_bytes(target)
+    if available is None:
+        return
+    count, size = parameter_bytes(meta_model)
+    try:
+        model_input = resolve_input(meta_model, None, input_shape)
+    except InputError:  # inspect says what input it needs, after the build
+        return
+    if size < _MEASURE_FROM_WEIGHT_FRACTION * available and model_input.image.numel() < _MEASURE_FROM_INPUT_ELEMENTS:
+        return
+    try:
+        activations = activation_bytes(meta_model, model_input.call)
+    except Exception:  # a model the meta device cannot run is judged on its weights alone
+        activations = 0
+    ensure_fits(MemoryEstimate(count, size, activations), target, type(meta_model).__name__)

@@ -54,8 +54,10 @@ class GradGraph:
             self.graph.add_node(id(fn), op=type(fn).__name__)
             if type(fn).__name__.startswith("SelectBackward"):
                 # What was picked, for the structure-only cut-off test (the meta device has no values).
+                picked: Any = fn  # SelectBackward0 keeps its dim, index and input sizes as saved attributes
                 self._selects.append(
-                    (type(fn).__name__, int(fn._saved_dim), int(fn._saved_index), tuple(fn._saved_self_sym_sizes))
+                    (type(fn).__name__, int(picked._saved_dim), int(picked._saved_index),
+                     tuple(int(n) for n in picked._saved_self_sym_sizes))
                 )
             variable = getattr(fn, "variable", None)
             if variable is not None:
@@ -67,10 +69,16 @@ class GradGraph:
                     continue
                 self.graph.add_edge(id(fn), id(next_fn))
                 stack.append(next_fn)
-        reversed_view = self.graph.reverse(copy=False)
+        # One walk up from every trainable leaf at once (per-leaf walks cost a graph each:
+        # seconds on a 1B-parameter model with hundreds of weights).
         self._above_trainable: set[int] = set(trainable_leaves)
-        for leaf in trainable_leaves:
-            self._above_trainable |= nx.descendants(reversed_view, leaf)
+        frontier = list(trainable_leaves)
+        while frontier:
+            node = frontier.pop()
+            for parent in self.graph.predecessors(node):
+                if parent not in self._above_trainable:
+                    self._above_trainable.add(parent)
+                    frontier.append(parent)
         self._above_leaf: dict[int, set[int]] = {}
 
     def reaches(self, grad_fn: Any) -> bool:

@@ -32,6 +32,8 @@ class GradStats:
     @classmethod
     def of(cls, grad: torch.Tensor) -> GradStats:
         grad = grad.detach()
+        if grad.is_meta:  # structure only: that the gradient arrived is all there is to know
+            return cls(energy={}, channel_mean={}, leading_tokens=None, num_tokens=int(grad.shape[1]))
         if grad.dim() == 4:
             return cls(
                 energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},

@@ -147,7 +147,10 @@ def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionC
         if seen.on_path and probs is not None and probs.requires_grad:
 
             def rows(grad: torch.Tensor, seen: AttentionCall = seen) -> None:
-                seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
+                if grad.is_meta:  # structure only: no energy, only that the gradient arrived
+                    seen.row_energy = grad.new_empty(grad.shape[2])
+                else:
+                    seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
 
             handles.append(probs.register_hook(rows))
     return handles
