@@ -236,7 +236,9 @@ def _structural_query(probe: Probe, tokens: int, prefix: int, has_pool: bool) ->
     if has_pool:
         return "pool", ()
     picked = [index for index in probe.graph.picked_tokens(tokens) if index < prefix]
-    return ("cls", tuple(picked)) if prefix and picked else ("mean", ())
+    if prefix and picked and not probe.reads_patch_tokens(tokens):
+        return "cls", tuple(picked)
+    return "mean", ()
 
 
 def analyse_attention(

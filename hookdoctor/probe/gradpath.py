@@ -43,7 +43,8 @@ class GradGraph:
         trainable_leaves: list[int] = []
         self._leaves: dict[int, int] = {}  # id(leaf tensor) -> its AccumulateGrad node
         # (op, dim, index, input sizes) of each single-element pick
-        self._selects: list[tuple[str, int, int, tuple[int, ...]]] = []
+        self._select_nodes: dict[int, tuple[str, int, int, tuple[int, ...]]] = {}
+        self._unpicked: dict[int, set[int]] = {}  # num_tokens -> nodes reached without a token pick
         stack = [score.grad_fn] if score.grad_fn is not None else []
         visited: dict[int, Any] = {}
         while stack:
@@ -55,9 +56,9 @@ class GradGraph:
             if type(fn).__name__.startswith("SelectBackward"):
                 # What was picked, for the structure-only cut-off test (the meta device has no values).
                 picked: Any = fn  # SelectBackward0 keeps its dim, index and input sizes as saved attributes
-                self._selects.append(
-                    (type(fn).__name__, int(picked._saved_dim), int(picked._saved_index),
-                     tuple(int(n) for n in picked._saved_self_sym_sizes))
+                self._select_nodes[id(fn)] = (
+                    type(fn).__name__, int(picked._saved_dim), int(picked._saved_index),
+                    tuple(int(n) for n in picked._saved_self_sym_sizes),
                 )
             variable = getattr(fn, "variable", None)
             if variable is not None:
@@ -106,7 +107,34 @@ class GradGraph:
         # A negative index counts from the end: normalised, so that "the CLS token" reads 0.
         return [
             (op, index % num_tokens)
-            for op, dim, index, sizes in self._selects
+            for op, dim, index, sizes in self._select_nodes.values()
+            if len(sizes) == 3 and dim == 1 and sizes[1] == num_tokens
+        ]
+
+    def reaches_without_token_picks(self, grad_fn: Any, num_tokens: int) -> bool:
+        """True when a path from the score reaches ``grad_fn`` without picking single tokens of a sequence.
+
+        With no values (the meta device), this stands for "the gradient reaches every token":
+        a path through a CLS pick lands on that token alone.
+        """
+        if not self.reaches(grad_fn) or self.root is None:
+            return False
+        if num_tokens not in self._unpicked:
+            blocked = set(self._token_select_nodes(num_tokens))
+            seen = {self.root}
+            frontier = [self.root]
+            while frontier:
+                node = frontier.pop()
+                for child in self.graph.successors(node):
+                    if child not in seen and child not in blocked:
+                        seen.add(child)
+                        frontier.append(child)
+            self._unpicked[num_tokens] = seen
+        return id(grad_fn) in self._unpicked[num_tokens]
+
+    def _token_select_nodes(self, num_tokens: int) -> list[int]:
+        return [
+            node for node, (_, dim, _, sizes) in self._select_nodes.items()
             if len(sizes) == 3 and dim == 1 and sizes[1] == num_tokens
         ]
 
