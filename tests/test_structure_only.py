@@ -148,3 +148,85 @@ def test_a_model_on_cuda_is_inspected_where_it_lives() -> None:
     assert_working_map(heatmap, report.gradcam.grid)
     meta = hookdoctor.inspect(model, input_shape=shape, structure_only=True)
     assert meta.gradcam is not None and meta.gradcam.layer_name == report.gradcam.layer_name
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def at_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+def test_cli_structure_only_json(
+    at_root: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--structure-only builds on the meta device; under --json nothing but the JSON, even on a terminal."""
+    import json
+
+    from hookdoctor.cli import main
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's switch: stderr counts as a terminal
+    assert main(["inspect", "fixtures/report_vit", "--structure-only", "--json"]) == 0
+    out, err = capsys.readouterr()
+    found = json.loads(out)
+    assert found["structure_only"] is True and found["not_run"]
+    assert found["gradcam"]["verified"] is False and found["rollout"]["verified"] is False
+    assert found["gradcam"]["layer_name"] == "vit.layers.5.layernorm_before"
+    assert err == ""  # no progress line under --json
+
+
+def test_cli_structure_only_report_says_what_a_full_run_adds(at_root: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from hookdoctor.checks.structure import FULL_RUN_ADDS
+    from hookdoctor.cli import main
+
+    assert main(["inspect", "fixtures/report_vit", "--structure-only"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "structure only (meta device)" in out and "Not run" in out
+    assert " ".join(FULL_RUN_ADDS.split()) in out
+
+
+def test_cli_memory_guard_exits_2_before_building(
+    at_root: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hookdoctor.cli import main
+    from hookdoctor.model import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 100_000)
+    assert main(["inspect", "fixtures/report_vit"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--structure-only" in err and "GiB" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--structure-only", "--device", "cpu"], "no effect with --structure-only"),
+        (["--device", "nonsense"], "not a device"),
+        (["--device", "meta"], "--structure-only"),
+    ],
+)
+def test_cli_device_errors(
+    at_root: None, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    from hookdoctor.cli import main
+
+    assert main(["inspect", "fixtures/report_vit", *arguments]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cli_device_cuda_without_cuda(at_root: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from hookdoctor.cli import main
+
+    assert main(["inspect", "fixtures/report_vit", "--device", "cuda"]) == 2
+    assert "no CUDA device" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cli_device_cuda(at_root: None) -> None:
+    from hookdoctor.cli import main
+
+    assert main(["inspect", "fixtures/report_vit", "--device", "cuda", "--json"]) == 0
