@@ -4,7 +4,8 @@ For each giant model, in a fresh subprocess (so the peak resident set size is th
 measurement's own): import, build on the meta device (``with torch.device("meta")``),
 ``hookdoctor.inspect(model, input_shape=..., structure_only=True)``. Reported: the
 parameter count, the build and inspect times, the peak RSS of the whole process (imports
-included) and the RSS after imports, and what a full-size inspect would need according
+included) and the RSS after imports, the CPU time of the process for build and inspect (what
+the work costs, whatever else the machine runs), and what a full-size inspect would need according
 to the memory guard's estimate.
 
 Then the verdicts: a full inspect of a small model of the same family (random weights,
@@ -57,17 +58,18 @@ _GIANT = textwrap.dedent(
     from hookdoctor.model.memory import MemoryEstimate, activation_bytes, available_bytes, gib, parameter_bytes
     from hookdoctor.model.inputs import resolve_input
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     with torch.device("meta"):
         model = {build}.eval()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     report = hookdoctor.inspect(model, input_shape={shape}, structure_only=True)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     count, size = parameter_bytes(model)
     meta_input = resolve_input(model, None, {shape})
     estimate = MemoryEstimate(count, size, activation_bytes(model, meta_input.call))
     print(json.dumps(dict(
         parameters=count, imports_s=t1 - t0, build_s=t2 - t1, inspect_s=t3 - t2,
+        build_cpu_s=c2 - c1, inspect_cpu_s=c3 - c2,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_after_imports_mb=rss_imports,
         full_size_estimate=gib(estimate.total), weights=gib(estimate.weight_bytes),
         available=gib(available_bytes(torch.device("cpu")) or 0),
@@ -120,7 +122,9 @@ def main() -> None:
         print(f"## {name}: {giant['parameters'] / 1e9:.2f} B parameters, input {shape}")
         print(
             f"build {giant['build_s']:.2f} s + structure-only inspect {giant['inspect_s']:.2f} s "
-            f"= {giant['build_s'] + giant['inspect_s']:.2f} s (imports {giant['imports_s']:.2f} s); "
+            f"= {giant['build_s'] + giant['inspect_s']:.2f} s wall, "
+            f"{giant['build_cpu_s'] + giant['inspect_cpu_s']:.2f} s CPU (build {giant['build_cpu_s']:.2f} + inspect "
+            f"{giant['inspect_cpu_s']:.2f}; imports {giant['imports_s']:.2f} s wall); "
             f"peak RSS {giant['peak_rss_mb']:.0f} MB (after imports {giant['rss_after_imports_mb']:.0f} MB)"
         )
         print(

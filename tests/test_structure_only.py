@@ -18,9 +18,9 @@ from helpers import assert_working_map, spec_gradcam
 from test_zoo import ZOO
 
 import hookdoctor
-from hookdoctor.errors import InputError
+from hookdoctor.errors import InputError, InsufficientMemoryError
 from hookdoctor.model.guard import preserved
-from hookdoctor.model.memory import InsufficientMemoryError, MemoryEstimate, ensure_fits
+from hookdoctor.model.memory import MemoryEstimate, ensure_fits
 
 # The models whose structure is compared (each one covers a family; the rest of the zoo repeats them).
 COMPARED = (

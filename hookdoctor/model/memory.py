@@ -19,16 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor.errors import InputError
+from hookdoctor.errors import InputError, InsufficientMemoryError
 
 _GIB = 1024**3
 # The part of the available memory a pass may plan to use: the rest is for Python, the
 # libraries and whatever else the machine runs.
 USABLE_FRACTION = 0.8
-
-
-class InsufficientMemoryError(InputError):
-    """A full-size pass would not fit in the memory available; ``--structure-only`` would."""
 
 
 @dataclass(frozen=True)
