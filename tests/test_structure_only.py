@@ -130,7 +130,7 @@ def test_inspect_refuses_a_pass_that_would_not_fit(monkeypatch: pytest.MonkeyPat
     """The guard measures the pass on a weightless copy; with little memory left, inspect stops first."""
     from hookdoctor.model import memory
 
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 1_000_000)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1_000)
     model = ZOO["timm-resnet18"][0]()
     with pytest.raises(InsufficientMemoryError, match="structure-only"):
         hookdoctor.inspect(model, input_shape=(1, 3, 64, 96))

@@ -72,10 +72,12 @@ def parameter_bytes(model: nn.Module) -> tuple[int, int]:
 
 
 @contextmanager
-def _output_sizes(model: nn.Module, sink: dict[int, int]) -> Iterator[None]:
+def _output_sizes(model: nn.Module, sink: dict[int, torch.Tensor]) -> Iterator[None]:
+    # The outputs are kept (meta tensors cost no memory): a freed one's id could be reused
+    # by a later output, which would then not be counted.
     def keep(module: nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
-            sink[id(output)] = output.numel() * output.element_size()
+            sink[id(output)] = output
 
     handles = [m.register_forward_hook(keep) for m in model.modules() if next(m.children(), None) is None]
     try:
@@ -91,10 +93,10 @@ def activation_bytes(meta_model: nn.Module, call: Any) -> int:
     The factor two stands for the gradient of each kept output during the backward;
     ``call`` runs the forward (``lambda m: m(x)`` on meta inputs).
     """
-    sizes: dict[int, int] = {}
-    with _output_sizes(meta_model, sizes), torch.no_grad():
+    outputs: dict[int, torch.Tensor] = {}
+    with _output_sizes(meta_model, outputs), torch.no_grad():
         call(meta_model)
-    return 2 * sum(sizes.values())
+    return 2 * sum(t.numel() * t.element_size() for t in outputs.values())
 
 
 def ensure_fits(estimate: MemoryEstimate, device: torch.device, what: str) -> None:
