@@ -10,6 +10,7 @@ deepest one with children (a block boundary) is named.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from hookdoctor.checks.layers import (
@@ -21,6 +22,7 @@ from hookdoctor.checks.layers import (
     layout_notes,
     observed_grids,
 )
+from hookdoctor.errors import ModelRunError
 from hookdoctor.geometry.layout import Layout, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import ModelInput
@@ -160,11 +162,9 @@ class GradCAMAnalysis:
         none of whose layouts lines up gets HD306.
         """
         call = j.first_call
-        layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay)), None)
+        layout = next((lay for lay in j.layouts if self._lines_up(call.output_tensor, lay)), None)
         if layout is None:
-            layout = next(
-                (lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay, strict=False)), None
-            )
+            layout = next((lay for lay in j.layouts if self._lines_up(call.output_tensor, lay, strict=False)), None)
             if layout is not None:
                 self.coarse.append(j.name)
         if layout is not None:
@@ -182,6 +182,32 @@ class GradCAMAnalysis:
             "are unusual.",
         )
         return None
+
+    def _lines_up(self, output: torch.Tensor, layout: Layout, strict: bool = True) -> bool:
+        """The locality probe, with failures of the user's model told apart from hookdoctor's own.
+
+        It differentiates the probe's graph again, after the model ran more forwards: a
+        forward that edits its weights in place has by then invalidated that graph, and a
+        backward that fails only on a later call fails here.
+        """
+        try:
+            return lines_up(output, self.probe.image, layout, strict=strict)
+        except Exception as exc:
+            if "modified by an inplace operation" in str(exc):
+                raise ModelRunError(
+                    "The model's forward edits its own parameters or buffers in place (for example "
+                    "`self.weight.add_(...)` under no_grad): the second forward hookdoctor ran changed tensors "
+                    "the first one's gradient needs, so autograd refused to differentiate it. Every gradient "
+                    "method fails the same way once the model runs twice; move the update out of forward (into "
+                    "the training step) or apply it to a copy."
+                ) from exc
+            if _raised_by_user_code(exc):
+                raise ModelRunError(
+                    f"The model's backward pass raised {type(exc).__name__} on a later pass: {exc}. hookdoctor "
+                    "differentiates the explained score several times over one forward; a backward that fails "
+                    "when repeated breaks every gradient method that retains the graph (pytorch-grad-cam does)."
+                ) from exc
+            raise
 
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
         found: list[Diagnostic] = []
@@ -330,8 +356,9 @@ class GradCAMAnalysis:
         for name in sorted(dead, key=lambda n: (n.count("."), n)):
             if module_kind(self.probe.records[name].module) not in ("block", "norm"):
                 continue
-            parent = name.rsplit(".", 1)[0] if "." in name else None
-            in_a_stack = parent is not None and module_kind(self.probe.records[parent].module) == "container"
+            # The inner model of a wrapper (`module.`, `_orig_mod.`) is not a record: it is the root.
+            parent = self.probe.records.get(name.rsplit(".", 1)[0]) if "." in name else None
+            in_a_stack = parent is not None and module_kind(parent.module) == "container"
             if live.startswith(name + ".") and not in_a_stack:
                 continue  # the backbone as a whole: it holds the live layer too
             if any(name.startswith(block + ".") for block in included):
@@ -374,3 +401,14 @@ class GradCAMAnalysis:
                 )
             )
         return out
+
+
+def _raised_by_user_code(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is neither hookdoctor's nor torch's: the model's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return not any(f"/{package}/" in filename for package in ("hookdoctor", "torch"))
