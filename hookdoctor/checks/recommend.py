@@ -23,14 +23,15 @@ from hookdoctor.checks.layers import (
     observed_grids,
 )
 from hookdoctor.errors import ModelRunError
-from hookdoctor.geometry.layout import Layout, prefix_token_hint
+from hookdoctor.geometry.layout import Layout, ReshapeTransform, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.model.tree import module_kind
+from hookdoctor.model.unwrap import without_compile
 from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
-from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
+from hookdoctor.specs.gradcam import Float32Maps, GradCAMSpec, ScoreModel
 
 # Recommending a layer stops after this many candidates failed the locality or map check.
 _MAX_TRIES = 12
@@ -47,7 +48,7 @@ class GradCAMAnalysis:
         probe: Probe,
         attention_sites: list[str],
     ) -> None:
-        self.model = model
+        self.spec_model = without_compile(model)  # what pytorch-grad-cam can differentiate more than once
         self.model_input = model_input
         self.probe = probe
         self.attention_sites = attention_sites
@@ -112,8 +113,11 @@ class GradCAMAnalysis:
             found.append(
                 Diagnostic.of(
                     "HD203",
-                    "The explained score does not depend on the input image at all (its gradient is zero).",
-                    "Check the model's head and weights: a constant score has nothing to explain.",
+                    "The explained score has no gradient with respect to the input image: the forward does not "
+                    "use the image, or runs the path from it under torch.no_grad / torch.inference_mode, or "
+                    "detaches it.",
+                    "Check the model's head and weights (a constant score has nothing to explain), and remove "
+                    "the no_grad, inference_mode or .detach() between the image and the score.",
                     method=GRADCAM,
                 )
             )
@@ -320,11 +324,20 @@ class GradCAMAnalysis:
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
         pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
-        if score.selector.how == "tensor" and pre_activation is None and grad_note is None and not extra_args:
-            score_model: nn.Module = self.model
+        # numpy, which pytorch-grad-cam converts maps and scores to, has no bfloat16.
+        float_scores = score.selected.dtype == torch.bfloat16
+        plain = score.selector.how == "tensor" and pre_activation is None and not float_scores
+        if plain and grad_note is None and not extra_args:
+            score_model: nn.Module = self.spec_model
         else:
             template = self.model_input if extra_args else None
-            score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
+            score_model = ScoreModel(
+                self.spec_model, score.selector, pre_activation=pre_activation, call_template=template,
+                float_scores=float_scores,
+            )
+        transform: ReshapeTransform | Float32Maps | None = layout.transform()
+        if j.first_call.output_tensor.dtype == torch.bfloat16:
+            transform = Float32Maps(layout.transform())
         notes = layout_notes(j, layout) + ([grad_note] if grad_note else []) + self._coarse_notes(j.name)
         score_text = score.selector.expression("model(x)")
         if score.pre_activation:
@@ -332,7 +345,7 @@ class GradCAMAnalysis:
         spec = GradCAMSpec(
             layer_name=j.name,
             layer=self.probe.records[j.name].module,
-            reshape_transform=layout.transform(),
+            reshape_transform=transform,
             model=score_model,
             grid=layout.grid,
             layout=layout,

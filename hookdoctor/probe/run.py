@@ -192,7 +192,7 @@ def run_probe(
                 structure=describe(output),
                 is_tensor=isinstance(output, torch.Tensor),
                 tensor=tensor,
-                version_at_hook=tensor._version if tensor is not None else 0,
+                version_at_hook=_version(tensor),
                 requires_grad=bool(tensor is not None and tensor.requires_grad),
                 grad_fn=tensor.grad_fn if tensor is not None else None,
                 grad_enabled=torch.is_grad_enabled(),
@@ -236,7 +236,7 @@ def run_probe(
     for record in records.values():
         for call in record.calls:
             if call.tensor is not None:
-                call.version_after = call.tensor._version
+                call.version_after = _version(call.tensor)
 
     found = find_score(output) if output_key is None else (select_output(output, output_key), [])
     if found is None:
@@ -296,6 +296,12 @@ def run_probe(
         input_gradient_zero=input_gradient_zero and zero_head is None,
         grad_enabled_by_user=grad_enabled_by_user,
     )
+
+
+def _version(tensor: torch.Tensor | None) -> int:
+    """The in-place version counter; 0 for tensors made under inference_mode, which have none (and
+    cannot be rewritten outside it)."""
+    return 0 if tensor is None or tensor.is_inference() else int(tensor._version)
 
 
 def _producer(records: dict[str, ModuleRecord], tensor: torch.Tensor) -> ModuleRecord | None:
