@@ -60,6 +60,7 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
     lines = [
         "class ScoreModel(torch.nn.Module):",
         f"    # Grad-CAM needs the score tensor: {spec.score}",
+        *(["    # .float(): the score is bfloat16, and pytorch-grad-cam makes numpy arrays of it"] if cast else []),
         "    def __init__(self, model):",
         "        super().__init__()",
         "        self.model = model",
