@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
+import torch
 from torch import nn
 
 from hookdoctor.checks.attention import analyse_attention
@@ -16,7 +18,7 @@ from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.errors import InputError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
-from hookdoctor.model.inputs import resolve_input
+from hookdoctor.model.inputs import ModelInput, resolve_input
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
 from hookdoctor.probe.run import recorded_pass
@@ -65,7 +67,9 @@ def inspect(
     """
     wanted = _methods(methods)
     inner, prefix, wrappers = unwrap(model)
-    model_input = resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
+    model_input = _normal_tensors(
+        resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
+    )
     diagnostics: list[Diagnostic] = []
     if wrappers:
         diagnostics.append(
@@ -88,7 +92,7 @@ def inspect(
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
-    with preserved(model):
+    with preserved(model), _outside_inference_mode():
         was_training = inner.training
         inner.eval()
         with recorded_pass(inner, model_input, target, prefix, output) as probe:  # the one recorded pass
@@ -140,6 +144,33 @@ def inspect(
         layer_verdicts=verdicts,
         _judge=check_layer,
     )
+
+
+@contextmanager
+def _outside_inference_mode() -> Iterator[None]:
+    """Run the passes with autograd able to record, in the caller's grad mode.
+
+    Under ``torch.inference_mode()`` nothing can be differentiated; leaving it (and
+    putting back the grad mode it turned off) lets the probe run as it would under
+    ``torch.no_grad()``, which the specs are made for (HD005).
+    """
+    grad_enabled = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.set_grad_enabled(grad_enabled):
+        yield
+
+
+def _normal_tensors(model_input: ModelInput) -> ModelInput:
+    """The input with tensors made under ``inference_mode`` copied: autograd cannot save those."""
+
+    def normal(value: Any) -> Any:
+        return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
+
+    with torch.inference_mode(False):  # a copy made inside inference_mode would be an inference tensor
+        return ModelInput(
+            tuple(normal(a) for a in model_input.args),
+            {k: normal(v) for k, v in model_input.kwargs.items()},
+            model_input.image_slot,
+        )
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:

@@ -12,14 +12,18 @@ if TYPE_CHECKING:
 BACKENDS = ("pytorch-grad-cam", "captum")
 
 
-def _reshape_function(spec: GradCAMSpec) -> list[str]:
+def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
+    """The reshape_transform as code; ``float32`` adds the cast numpy needs for bfloat16 layers."""
     layout = spec.layout
     h, w = layout.grid
+    cast = ".float()" if float32 else ""
+    cast_note = ["    # .float(): pytorch-grad-cam makes numpy arrays of the maps, and numpy has no bfloat16"]
     if layout.kind == "NHWC":
         return [
             "def reshape_transform(t):",
             "    # channels-last [B, H, W, C] -> [B, C, H, W]",
-            "    return t.permute(0, 3, 1, 2)",
+            *(cast_note if float32 else []),
+            f"    return t.permute(0, 3, 1, 2){cast}",
             "",
         ]
     if layout.kind == "tokens":
@@ -27,9 +31,12 @@ def _reshape_function(spec: GradCAMSpec) -> list[str]:
         return [
             "def reshape_transform(t):",
             f"    # drop {p} prefix token(s), lay the {h * w} patch tokens on the {h}x{w} grid, channels first",
-            f"    return t[:, {p}:, :].reshape(t.shape[0], {h}, {w}, t.shape[-1]).permute(0, 3, 1, 2)",
+            *(cast_note if float32 else []),
+            f"    return t[:, {p}:, :].reshape(t.shape[0], {h}, {w}, t.shape[-1]).permute(0, 3, 1, 2){cast}",
             "",
         ]
+    if float32:
+        return ["def reshape_transform(t):", *cast_note, "    return t.float()", ""]
     return []
 
 
@@ -51,18 +58,29 @@ def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
     return ["            args = list(self.inputs)", f"            args[{slot}] = x"], "self.model(*args)"
 
 
+def _eager_model(spec: GradCAMSpec) -> str:
+    """The expression for the module pytorch-grad-cam must run: inside a torch.compile wrapper, the eager one."""
+    marker = "_orig_mod."
+    if marker not in spec.layer_name:
+        return "model"
+    return "model." + spec.layer_name[: spec.layer_name.rindex(marker) + len(marker) - 1]
+
+
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
     from hookdoctor.specs.gradcam import ScoreModel
 
     model = _score_model(spec)
+    eager = _eager_model(spec)
     if not isinstance(model, ScoreModel):
-        return [], "model"
+        return [], eager
+    cast = ".float()" if model.float_scores else ""
     prepare, call = _call_lines(model)
-    expression = model.selector.expression(call)
+    expression = model.selector.expression(call) + cast
     inputs = model.call_template is not None
     lines = [
         "class ScoreModel(torch.nn.Module):",
         f"    # Grad-CAM needs the score tensor: {spec.score}",
+        *(["    # .float(): the score is bfloat16, and pytorch-grad-cam makes numpy arrays of it"] if cast else []),
         f"    def __init__(self, model{', inputs' if inputs else ''}):",
         "        super().__init__()",
         "        self.model = model",
@@ -86,12 +104,12 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
             f"                {call}",
             "            finally:",
             "                handle.remove()",
-            "            return logits['x']  # the logit before the final softmax/sigmoid",
+            f"            return logits['x']{cast}  # the logit before the final softmax/sigmoid",
             "",
         ]
     else:
         lines += [f"            return {expression}", ""]
-    return lines, "ScoreModel(model, example_input)" if inputs else "ScoreModel(model)"
+    return lines, f"ScoreModel({eager}, example_input)" if inputs else f"ScoreModel({eager})"
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
@@ -149,6 +167,8 @@ def _call_router(spec: GradCAMSpec) -> list[str]:
 def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    from hookdoctor.specs.gradcam import Float32Maps
+
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
     router = _call_router(spec)
@@ -163,6 +183,11 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
         layer_expr = "layer"
     lines = ["import torch"]
     if backend == "pytorch-grad-cam":
+        reshape = _reshape_function(spec, float32=isinstance(spec.reshape_transform, Float32Maps))
+        eager = _eager_model(spec)
+        compiled = []
+        if eager != "model":
+            compiled = [f"# {eager}: the eager module; a compiled backward cannot run twice (retain_graph)"]
         lines += [
             "from pytorch_grad_cam import GradCAM",
             "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
@@ -171,9 +196,11 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
             *wrapper,
             *router,
             *layer_lines,
+            *compiled,
             f"cam = GradCAM(model={model_expr}, target_layers=[{layer_expr}],"
             f" reshape_transform={'reshape_transform' if reshape else 'None'})",
-            "heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
+            "with torch.enable_grad():  # it backpropagates from the score outside the model: also under no_grad",
+            "    heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
             "  # [B, H_in, W_in], in [0, 1]",
         ]
         return "\n".join(lines) + "\n"
