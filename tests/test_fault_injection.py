@@ -48,7 +48,7 @@ def forward_passes(methods: tuple[str, ...]) -> int:
 @pytest.mark.parametrize("methods", [GRADCAM, ("gradcam", "rollout")])
 def test_a_forward_raising_on_any_pass_leaves_the_model_whole(methods):
     passes = forward_passes(methods)
-    assert passes >= 2
+    assert passes == 1  # one recorded pass, whatever the methods
     for fail_on in range(1, passes + 1):
         model = fx.RaisesOnForward(fail_on)
         model.register_forward_hook(lambda module, inputs, output: None)  # the user's own hook stays
