@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from hookdoctor.errors import UnknownCodeError
+from hookdoctor.errors import InputError, UnknownCodeError
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -70,6 +70,11 @@ REGISTRY: dict[str, Code] = _load()
 
 def get(code: str) -> Code:
     """The registered code, case-insensitively; ``UnknownCodeError`` with suggestions otherwise."""
+    if not isinstance(code, str) or not code.strip():
+        raise InputError(
+            f"{code!r} is not a diagnostic code: pass the code as a string, e.g. explain('HD201'); "
+            "`hookdoctor codes` lists every code."
+        )
     key = code.strip().upper()
     if key in REGISTRY:
         return REGISTRY[key]
