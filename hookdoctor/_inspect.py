@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
 import torch
 from torch import nn
 
+from hookdoctor import arguments
 from hookdoctor.attention import analyse_attention, find_attention_sites, observe_for_rollout
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis
-from hookdoctor.errors import InputError
+from hookdoctor.errors import HookdoctorError, ModelRunError, shorten
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
 from hookdoctor.model.inputs import ModelInput, resolve_input
@@ -24,26 +26,9 @@ from hookdoctor.probe.run import Probe, run_probe
 from hookdoctor.report import Diagnostic, LayerVerdict, Report, sort_diagnostics
 from hookdoctor.specs.gradcam import GradCAMSpec
 
-METHODS = ("gradcam", "rollout")
-
-
-def _methods(methods: str | Iterable[str]) -> tuple[str, ...]:
-    wanted = (methods,) if isinstance(methods, str) else tuple(methods)
-    if "all" in wanted:
-        wanted = METHODS
-    unknown = [m for m in wanted if m not in METHODS]
-    if unknown or not wanted:
-        raise InputError(
-            f"Unknown method(s) {unknown or wanted!r}: methods must be a tuple of "
-            f"{', '.join(repr(m) for m in METHODS)} (or 'all')."
-        )
-    return tuple(dict.fromkeys(wanted))
-
-
-def _layer_names(layer: str | Sequence[str] | None) -> list[str]:
-    if layer is None:
-        return []
-    return [layer] if isinstance(layer, str) else list(layer)
+# Rollout refusals that mean the model has no image-wide token attention at all: under
+# methods="auto" rollout does not apply to such a model, rather than failing on it.
+NO_TOKEN_ATTENTION = ("HD506", "HD507", "HD508")
 
 
 def inspect(
@@ -52,7 +37,7 @@ def inspect(
     *,
     input_shape: Sequence[int] | None = None,
     target: int | None = None,
-    methods: str | Iterable[str] = METHODS,
+    methods: str | Iterable[str] = arguments.DEFAULT_METHODS,
     layer: str | Sequence[str] | None = None,
     output: str | int | None = None,
 ) -> Report:
@@ -64,9 +49,13 @@ def inspect(
     model comes back untouched: hooks, training flags, requires_grad, .grad, attention
     settings and parameters are as they were, also when its forward raises.
     """
-    wanted = _methods(methods)
+    chosen = arguments.parse_methods(methods)
+    wanted = chosen.wanted
+    target = arguments.parse_target(target)
+    output = arguments.parse_output(output)
+    requested = arguments.parse_layer(layer)
     inner, prefix, wrappers = unwrap(model)
-    model_input = resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
+    model_input = resolve_input(inner, example_input, arguments.parse_input_shape(input_shape))
     diagnostics: list[Diagnostic] = []
     if wrappers:
         diagnostics.append(
@@ -77,7 +66,6 @@ def inspect(
                 "Nothing to do: the spec's layer is the module your model holds.",
             )
         )
-    requested = _layer_names(layer)
     if len(requested) > 1:
         diagnostics.append(
             Diagnostic.of(
@@ -89,7 +77,7 @@ def inspect(
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
-    with preserved(model):
+    with preserved(model), _later_passes_blame_the_model(inner):
         was_training = inner.training
         inner.eval()
         probe = run_probe(inner, model_input, target, prefix, output)  # first: it reports a raising forward
@@ -116,6 +104,8 @@ def inspect(
                 score=probe.score.selector,
                 seen=seen,
             )
+            if not chosen.named("rollout"):
+                wanted, found = _rollout_not_applicable(wanted, found)
             diagnostics += found
         summaries = analysis.summaries()
         target_index = int(probe.score.target[0])  # the top class, or `target`
@@ -126,6 +116,7 @@ def inspect(
     diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
 
     def check_layer(name: str) -> LayerVerdict:
+        name = arguments.layer_name(name)
         if name in all_verdicts:
             return all_verdicts[name]
         if name in aliases:  # the same module object under a second name
@@ -147,6 +138,68 @@ def inspect(
     )
 
 
+def _rollout_not_applicable(
+    wanted: tuple[str, ...], found: list[Diagnostic]
+) -> tuple[tuple[str, ...], list[Diagnostic]]:
+    """Under methods="auto": a model without token attention gets HD514 (info), and no rollout to judge."""
+    refusal = next((d for d in found if d.code in NO_TOKEN_ATTENTION and d.severity == "error"), None)
+    if refusal is None:
+        return wanted, found
+    note = Diagnostic.of(
+        "HD514",
+        refusal.message,
+        "Nothing to do: Grad-CAM alone is judged. Ask for rollout by name (methods=('rollout',), "
+        f"--method rollout) to see it refused as {refusal.code}.",
+        layer=refusal.layer,
+        method=arguments.ROLLOUT,
+    )
+    rest = [d for d in found if d is not refusal and d.method != arguments.ROLLOUT]
+    return tuple(m for m in wanted if m != arguments.ROLLOUT), [note, *rest]
+
+
+@contextmanager
+def _later_passes_blame_the_model(model: nn.Module) -> Iterator[None]:
+    """A forward that raises on a pass after the probe is the model's failure, not hookdoctor's.
+
+    The probe reports a forward that raises on its first call; the attention, determinism
+    and locality passes run the model again, and a model that works only once (state
+    consumed in forward, a counter that trips) raises there. An exception raised inside
+    one of the model's own modules is that model's; anything else is left as it is.
+    """
+    try:
+        yield
+    except HookdoctorError:
+        raise
+    except Exception as exc:
+        if not _raised_inside(model, exc):
+            raise
+        raise ModelRunError(
+            f"The model's forward raised {type(exc).__name__}: {shorten(str(exc), 500)} on a later pass, "
+            "after a first forward and backward had worked. hookdoctor runs the model a few times on the "
+            "same input (the probe, attention capture, a determinism check); a forward that works only "
+            "once (it consumes or changes state, counts calls) cannot be explained reliably either, since "
+            "every attribution method runs it again. Make repeated calls on the same input work."
+        ) from exc
+
+
+def _raised_inside(model: nn.Module, exc: BaseException) -> bool:
+    """True when a frame of the traceback runs a method of one of the model's modules.
+
+    ``Module.__call__``'s own frames are left out: hookdoctor's hooks run inside them, and
+    a hook of ours that raises is not the model's failure.
+    """
+    modules = {id(m) for m in model.modules()}
+    call_machinery = nn.Module._call_impl.__code__.co_filename
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in modules and frame.f_code.co_filename != call_machinery:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return list(dict.fromkeys(diagnostics))
 
@@ -160,6 +213,13 @@ def _determinism(probe: Probe, again: Any) -> list[Diagnostic]:
     """HD006 when a second forward on the same input scored differently (randomness at inference)."""
     second = probe.score.selector(again).detach()
     first = probe.score.selected
+    if not bool(torch.isfinite(first).all()):
+        # NaN compares unequal to itself: without this, a broken model would read as a random one.
+        raise ModelRunError(
+            f"The model's scores contain NaN or inf on a finite input of shape {tuple(probe.image.shape)}, so "
+            "no gradient and no map means anything. Check the weights (a checkpoint holding NaN), "
+            "float16 overflow, or a division by zero in the forward, then rerun."
+        )
     if second.shape == first.shape and torch.allclose(second.float(), first.float(), rtol=1e-4, atol=1e-5):
         return []
     change = float((second.float() - first.float()).abs().max())
