@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -183,21 +184,28 @@ def _later_passes_blame_the_model(model: nn.Module) -> Iterator[None]:
 
 
 def _raised_inside(model: nn.Module, exc: BaseException) -> bool:
-    """True when a frame of the traceback runs a method of one of the model's modules.
+    """True when the exception came out of the model's own code.
 
-    ``Module.__call__``'s own frames are left out: hookdoctor's hooks run inside them, and
-    a hook of ours that raises is not the model's failure.
+    That is: a frame of the traceback runs a method of one of the model's modules, and no
+    hookdoctor code runs below it (our attention interception is called from inside the
+    model's forward; its failures are ours). ``Module.__call__``'s frames are left out too:
+    hookdoctor's hooks run inside them.
     """
     modules = {id(m) for m in model.modules()}
     call_machinery = nn.Module._call_impl.__code__.co_filename
+    ours = str(Path(__file__).resolve().parent)
+    inside = False
     tb = exc.__traceback__
     while tb is not None:
         frame = tb.tb_frame
+        filename = frame.f_code.co_filename
         owner = frame.f_locals.get("self")
-        if owner is not None and id(owner) in modules and frame.f_code.co_filename != call_machinery:
-            return True
+        if owner is not None and id(owner) in modules and filename != call_machinery:
+            inside = True
+        elif inside and str(Path(filename).resolve()).startswith(ours):
+            inside = False
         tb = tb.tb_next
-    return False
+    return inside
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
