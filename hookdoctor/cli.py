@@ -488,6 +488,11 @@ def _file_descriptor_1_to_stderr() -> Iterator[None]:
         return
     try:
         os.dup2(2, 1)
+    except OSError:  # no descriptor 2 to point at: leave descriptor 1 as it is
+        os.close(saved)
+        yield
+        return
+    try:
         yield
     finally:
         _flush_all()
