@@ -44,7 +44,11 @@ def inspect(
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
-    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``output`` names
+    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``methods="auto"``
+    (the default) judges Grad-CAM, plus rollout where the model computes image-wide token
+    attention; elsewhere rollout is reported as not applicable (HD514, info) and ``report.ok``
+    depends on Grad-CAM alone. Arguments are checked first (``hookdoctor.arguments``): a
+    wrong one raises InputError saying what to pass. ``output`` names
     the score in a model that returns several (a ModelOutput field or dict key, or a tuple
     index); by default the ``logits`` field, else the first 2-D tensor, is explained. The
     model comes back untouched: hooks, training flags, requires_grad, .grad, attention
