@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--strict", action="store_true", help="count warnings as failures (exit 1)")
     inspect.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="on a terminal too, show every finding in full and the environment (output that is "
+        "not a terminal always gets the full report)",
+    )
+    inspect.add_argument(
         "--tree",
         action="store_true",
         help="add the module tree with each layer's layout and verdict, and a torchinfo summary",
@@ -332,6 +339,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             tree=args.tree,
             model_summary=summary,
             source=args.model,
+            verbose=args.verbose,
         ):
             # Code to paste keeps its lines whole on a narrow terminal.
             console.print(renderable, soft_wrap=isinstance(renderable, CodeText))
@@ -415,7 +423,8 @@ def _load_and_inspect(args: argparse.Namespace, methods: Methods, phase: _Phase)
 def _check_layer_exists(model: Any, layer: str) -> None:
     """An unknown --layer is a wrong argument (exit 2), told before the model runs."""
     names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
-    if layer in names:
+    module, _, call = layer.partition("#")  # NAME#k: call k of a module; the library judges k
+    if module in names and (not call or call.isdigit()):
         return
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
