@@ -8,7 +8,7 @@ from hookdoctor.codes._attention import CODES as ATTENTION_CODES
 from hookdoctor.codes._code import Code
 from hookdoctor.codes._gradcam import CODES as GRADCAM_CODES
 from hookdoctor.codes._loading import CODES as LOADING_CODES
-from hookdoctor.errors import UnknownCodeError
+from hookdoctor.errors import InputError, UnknownCodeError
 
 
 def _load() -> dict[str, Code]:
@@ -26,6 +26,11 @@ REGISTRY: dict[str, Code] = _load()
 
 def get(code: str) -> Code:
     """The registered code, case-insensitively; ``UnknownCodeError`` with suggestions otherwise."""
+    if not isinstance(code, str) or not code.strip():
+        raise InputError(
+            f"{code!r} is not a diagnostic code: pass the code as a string, e.g. explain('HD201'); "
+            "`hookdoctor codes` lists every code."
+        )
     key = code.strip().upper()
     if key in REGISTRY:
         return REGISTRY[key]
