@@ -38,7 +38,7 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 METHODS = ("gradcam", "rollout")
-BACKENDS = ("pytorch-grad-cam", "captum")
+BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 
 _DESCRIPTION = (
     "Find out why Grad-CAM and attention rollout fail on a vision model, and get a hook spec that works."
