@@ -45,7 +45,7 @@ def overlay(picture: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     gray = np.repeat(picture[..., None], 3, axis=-1)
     colours = colormaps[COLORMAP](np.clip(heatmap, 0.0, 1.0))[..., :3]
     opacity = (MAX_OPACITY * np.clip(heatmap, 0.0, 1.0))[..., None]
-    return (1.0 - opacity) * gray + opacity * colours
+    return np.clip((1.0 - opacity) * gray + opacity * colours, 0.0, 1.0)
 
 
 def draw_figure(maps: MapSet, caption: str | None = None) -> Any:
