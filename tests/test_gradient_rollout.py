@@ -184,3 +184,63 @@ def test_a_target_out_of_range_is_an_input_error() -> None:
     spec = hookdoctor.inspect(model, x, methods=("rollout",)).rollout
     with pytest.raises(hookdoctor.InputError, match="target=9"):
         spec.gradient_rollout(model, x, target=9)
+
+
+# ------------------------------------------------------------------------------------- zoo
+
+ZOO_VITS = [
+    "timm-vit_tiny", "timm-deit_distilled", "timm-dinov2_registers", "timm-gap_vit",
+    "torchvision-vit_b_16", "hf-vit", "hf-deit", "hf-dinov2", "hf-dinov2_registers",
+]
+
+
+def _eager_attentions(name: str, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and the attention that multiplies V, from an eager run of a copy of ``model``."""
+    if name.startswith("torchvision"):
+        return _torchvision_eager_forward(model, x)
+    reference = copy.deepcopy(model)
+    if name.startswith("timm"):
+        attentions: list[torch.Tensor] = []
+        for module in reference.modules():
+            if hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Dropout):
+                module.fused_attn = False
+                module.attn_drop.register_forward_hook(lambda m, args, out: attentions.append(out))
+        return reference(x), attentions
+    reference.config._attn_implementation = "eager"  # transformers reads it at every forward
+    for module in reference.modules():
+        if hasattr(module, "config"):
+            module.config._attn_implementation = "eager"
+    output = reference(pixel_values=x, output_attentions=True)
+    return output.logits, list(output.attentions)
+
+
+def _read(spec, relevance: torch.Tensor) -> torch.Tensor:
+    """The row the spec reads (CLS tokens, or the mean of the patch rows), patches on the grid."""
+    prefix = spec.prefix_tokens
+    row = relevance[:, prefix:].mean(dim=1) if spec.query == "mean" else relevance[:, list(spec.query_tokens)].mean(1)
+    return row[:, prefix:].reshape(-1, *spec.grid)
+
+
+@pytest.mark.parametrize("name", ZOO_VITS)
+def test_gradient_rollout_on_the_zoo_vits_equals_an_eager_reference(name: str) -> None:
+    from test_zoo import ZOO
+
+    build, shape, _ = ZOO[name]
+    torch.manual_seed(0)
+    model = build()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    spec = hookdoctor.inspect(model, x, methods=("rollout",)).rollout
+    assert spec is not None
+    before = snapshot(model)
+    heatmap = spec.gradient_rollout(model, x)
+    assert_untouched(before, model)
+
+    logits, attentions = _eager_attentions(name, model, x)
+    assert len(attentions) == len(spec.layer_names)
+    gradients = torch.autograd.grad(_top_score(logits), attentions)
+    relevance = torch.eye(attentions[0].shape[-1]).expand(x.shape[0], -1, -1)
+    for attention, gradient in zip(attentions, gradients, strict=True):
+        relevance = relevance + torch.bmm((gradient * attention.detach()).clamp(min=0).mean(dim=1), relevance)
+    expected = _read(spec, relevance)
+    assert heatmap.shape == expected.shape and float(heatmap.std()) > 0
+    torch.testing.assert_close(heatmap, expected, atol=ATOL, rtol=0)
