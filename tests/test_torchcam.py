@@ -157,3 +157,27 @@ def test_the_cli_prints_the_torchcam_snippet(capsys: pytest.CaptureFixture[str])
     code = main(["inspect", cnn, "--method", "gradcam", "--backend", "torchcam"])
     out = capsys.readouterr().out
     assert code == 0 and "from torchcam.methods import GradCAM" in out and "cam.remove_hooks()" in out
+
+
+ZOO_NAMES = ["torchvision-resnet18", "timm-dinov2_registers", "timm-convnext", "hf-deit", "hf-swin"]
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_torchcam_on_zoo_models_gives_pytorch_grad_cams_map(name: str) -> None:
+    from test_zoo import ZOO
+
+    build, shape, _ = ZOO[name]
+    torch.manual_seed(0)
+    model = build()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    report = hookdoctor.inspect(model, x, methods=("gradcam",))
+    spec = report.gradcam
+    extractor = spec.torchcam()
+    try:
+        (raw,) = extractor(class_idx=report.target, scores=extractor.model(x), normalized=False)
+    finally:
+        extractor.remove_hooks()
+    assert _hooks(model) == 0
+    expected = _pytorch_grad_cam_raw(spec, x, report.target)
+    assert tuple(raw.shape) == (1, *spec.grid) and float(raw.std()) > 0
+    np.testing.assert_allclose(raw.numpy(), expected, rtol=1e-4, atol=1e-6 * float(expected.max()))
