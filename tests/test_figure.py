@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import hookdoctor
+from fixtures.attention_checks import assert_untouched, snapshot
 from hookdoctor.cli import main
 from hookdoctor.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocessing_for
 from hookdoctor.render.maps import habit_layer
@@ -122,7 +123,10 @@ def test_report_figure_after_inspect_and_without_the_input() -> None:
     x = torch.randn(1, 3, 64, 64)
     report = hookdoctor.inspect(model, x, methods=("gradcam",))
     assert habit_layer(report) == "layer4.1"  # the last block of the last stage, as tutorials pick
+    model.train()
+    before = snapshot(model)
     figure = report.figure()  # the input the user still holds
+    assert_untouched(before, model)  # pytorch-grad-cam's eval() included
     titles = [axes.get_title() for axes in figure.axes]
     assert titles[0].startswith("by habit: layer4.1") and titles[1].startswith("the spec: ")
     del x

@@ -18,6 +18,8 @@ from torch import nn
 
 from hookdoctor.errors import MissingDependencyError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform
+from hookdoctor.model.guard import preserved
+from hookdoctor.model.unwrap import unwrap
 
 if TYPE_CHECKING:
     from hookdoctor.report import LayerVerdict, Report
@@ -100,8 +102,10 @@ def pytorch_grad_cam_map(
             "`pip install 'hookdoctor[grad-cam]'` (or `pip install grad-cam`)."
         ) from exc
     targets = [ClassifierOutputTarget(target)] if target is not None else None
-    with GradCAM(model=score_model, target_layers=[layer], reshape_transform=transform) as cam:
-        heatmap = cam(input_tensor=image, targets=targets)
+    # pytorch-grad-cam puts the model in eval mode and leaves it there: the user's model is put back.
+    with preserved(unwrap(score_model)[0]):
+        with GradCAM(model=score_model, target_layers=[layer], reshape_transform=transform) as cam:
+            heatmap = cam(input_tensor=image, targets=targets)
     return np.asarray(heatmap[0], dtype=np.float32)
 
 
