@@ -19,7 +19,7 @@ from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.errors import ModelRunError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
-from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
 from hookdoctor.probe.record import Probe
@@ -137,6 +137,8 @@ def inspect(
         layers=summaries,
         layer_verdicts=verdicts,
         _judge=check_layer,
+        _model=model,
+        _example=ExampleImage.of(model_input, made_here=example_input is None),
     )
 
 

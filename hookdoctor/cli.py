@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
@@ -41,7 +42,7 @@ EXIT_FAILED = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-BACKENDS = ("pytorch-grad-cam", "captum")
+BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 
 _DESCRIPTION = (
     "Find out why Grad-CAM and attention rollout fail on a vision model, and get a hook spec that works."
@@ -60,6 +61,7 @@ examples:
   hookdoctor inspect fixtures/report_vit
   hookdoctor inspect torchvision:resnet50 --method gradcam --layer layer4
   hookdoctor inspect timm:vit_small_patch16_224 --json --strict
+  hookdoctor inspect fixtures/report_vit --figure maps.png
   hookdoctor explain HD201
 """
 
@@ -123,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--tree",
         action="store_true",
         help="add the module tree with each layer's layout and verdict, and a torchinfo summary",
+    )
+    pictures = inspect.add_argument_group("pictures (the plot extra)")
+    pictures.add_argument(
+        "--figure",
+        metavar="PATH",
+        help="write a PNG of the maps side by side: the layer picked by habit, the spec's layer, the rollout",
+    )
+    pictures.add_argument(
+        "--image",
+        metavar="PATH",
+        help="explain this picture (resized and normalised as the model states) instead of a random input",
     )
     inspect.add_argument(
         "--backend",
@@ -312,6 +325,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "--layer is empty; give the dotted module name of the layer to judge, as model.named_modules() "
             "spells it (e.g. --layer layer4), or drop --layer."
         )
+    if args.figure is not None:
+        _require_matplotlib()  # before minutes of loading, not after
     stdout = sys.stdout
     phase = _Phase(args.model)
     with (
@@ -323,8 +338,11 @@ def _run_inspect(args: argparse.Namespace) -> int:
         # Anything the model's own code prints goes to stderr: stdout holds only the report. The
         # descriptor-level redirect catches what Python's sys.stdout never sees (os.system, C code,
         # subprocesses).
-        report, model = _load_and_inspect(args, methods, phase)
+        report, model, picture = _load_and_inspect(args, methods, phase)
         summary = _model_summary(model, report) if args.tree and not args.json else None
+        if args.figure is not None:
+            _write_figure(report, picture, args.figure)
+        preview = _preview_map(report, picture) if args.figure is None and not args.json else None
 
     if args.json:
         stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -340,6 +358,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             model_summary=summary,
             source=args.model,
             verbose=args.verbose,
+            preview=preview,
         ):
             # Code to paste keeps its lines whole on a narrow terminal.
             console.print(renderable, soft_wrap=isinstance(renderable, CodeText))
@@ -376,7 +395,9 @@ class _Phase:
         self.doing = f"building {model}"
 
 
-def _load_and_inspect(args: argparse.Namespace, methods: Methods, phase: _Phase) -> tuple[Report, Any]:
+def _load_and_inspect(
+    args: argparse.Namespace, methods: Methods, phase: _Phase
+) -> tuple[Report, Any, Any]:
     from hookdoctor.model.loading import LoadOptions, load_model
     from hookdoctor.render.progress import progress
 
@@ -400,12 +421,14 @@ def _load_and_inspect(args: argparse.Namespace, methods: Methods, phase: _Phase)
     if args.layer is not None:
         _check_layer_exists(loaded.model, args.layer)
     input_shape = args.input_shape or loaded.input_shape
+    picture = _picture(args, loaded.model, input_shape)
     phase.doing = f"running {type(loaded.model).__name__} forward and backward"
     with progress(f"Probing {type(loaded.model).__name__} (one forward and backward pass)"):
         try:
             report = hookdoctor.inspect(
                 loaded.model,
-                input_shape=input_shape,
+                picture.image if picture is not None else None,
+                input_shape=input_shape if picture is None else None,
                 target=args.target,
                 output=args.output,
                 methods=_method_words(methods),
@@ -417,7 +440,72 @@ def _load_and_inspect(args: argparse.Namespace, methods: Methods, phase: _Phase)
                 "(or a hook on it) calls sys.exit. Remove that call from the forward pass; a model that exits "
                 "cannot be inspected or explained."
             ) from None
-    return report, loaded.model
+    return report, loaded.model, picture
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Picture:
+    """The input the CLI explains when it draws: a picture file or a synthetic one, and how it was made."""
+
+    image: Any  # [1, C, H, W], as the model expects
+    caption: str
+
+
+def _picture(args: argparse.Namespace, model: Any, input_shape: Sequence[int] | None) -> _Picture | None:
+    """--image (or, for --figure alone, a synthetic picture) prepared as the model states; else None."""
+    if args.image is None and args.figure is None:
+        return None
+    from hookdoctor.model.preprocess import load_image, preprocessing_for, synthetic_picture
+
+    prep = preprocessing_for(model, input_shape)
+    if args.image is not None:
+        image, _ = load_image(args.image, prep)
+        return _Picture(image, f"input: {os.path.basename(args.image)} · {prep.describe()}")
+    image, _ = synthetic_picture(prep)
+    return _Picture(image, f"input: a synthetic picture (no --image) · {prep.describe()}")
+
+
+def _require_matplotlib() -> None:
+    from hookdoctor.errors import MissingDependencyError
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "--figure needs matplotlib, which is not installed. Install the plot extra with "
+            "`pip install 'hookdoctor[plot]'` (or `pip install matplotlib Pillow`), or leave out --figure."
+        ) from exc
+
+
+def _write_figure(report: Report, picture: _Picture | None, path: str) -> None:
+    from hookdoctor.render.figure import save_figure
+    from hookdoctor.render.progress import progress
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"--figure {path}: the folder {folder} does not exist; create it or write the PNG elsewhere.")
+    with progress("Drawing the maps (pytorch-grad-cam and the spec's rollout)"):
+        figure = report.figure(picture.image if picture is not None else None,
+                               caption=picture.caption if picture is not None else None)
+        written = save_figure(figure, path)
+    print(f"hookdoctor: wrote {written}", file=sys.stderr)
+
+
+def _preview_map(report: Report, picture: _Picture | None) -> Any:
+    """The spec's Grad-CAM map on the example input, for the report's preview; None without a spec."""
+    if report.gradcam is None:
+        return None
+    from hookdoctor.errors import MissingDependencyError
+    from hookdoctor.render.maps import spec_map
+
+    _, image = report.model_and_image(picture.image if picture is not None else None)
+    try:
+        return spec_map(report, image)
+    except MissingDependencyError:  # the preview is drawn with pytorch-grad-cam; the report does not need it
+        return None
 
 
 def _check_layer_exists(model: Any, layer: str) -> None:

@@ -15,7 +15,10 @@ from hookdoctor.codes import Diagnostic, sort_diagnostics
 __all__ = ["Diagnostic", "LayerSummary", "LayerVerdict", "Report", "sort_diagnostics"]
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from hookdoctor.attention import AttentionSpec
+    from hookdoctor.model.inputs import ExampleImage
     from hookdoctor.specs.gradcam import GradCAMSpec
 
 SCHEMA_VERSION = 1
@@ -88,6 +91,10 @@ class Report:
     layers: list[LayerSummary]
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
+    # For pictures, computed on demand: the model inspected (the specs hold it already) and how to
+    # get the example image back. Neither keeps a tensor the model made.
+    _model: nn.Module | None = field(default=None, repr=False, compare=False)
+    _example: ExampleImage | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +106,39 @@ class Report:
     def check_layer(self, name: str) -> LayerVerdict:
         """The verdict for any module name (exact dotted name; close matches suggested on a miss)."""
         return self._judge(name)
+
+    def figure(self, x: Any = None, *, caption: str | None = None) -> Any:
+        """A matplotlib Figure: the habit layer's Grad-CAM, the spec's, and the rollout, on the input.
+
+        ``x`` defaults to the example input: the random input inspect made is made again,
+        and an input you passed is used while you still hold it (the report keeps no tensor,
+        so once it is gone pass it again). Maps are computed now, with pytorch-grad-cam and
+        the spec's own rollout; needs the ``plot`` extra (matplotlib).
+        """
+        from hookdoctor.render.figure import draw_figure
+        from hookdoctor.render.maps import compute_maps
+
+        model, image = self.model_and_image(x)
+        return draw_figure(compute_maps(self, model, image), caption)
+
+    def model_and_image(self, x: Any = None) -> tuple[nn.Module, Any]:
+        """The inspected model and the ``[B, C, H, W]`` image to draw maps on (``x``, or the example input)."""
+        from hookdoctor.errors import InputError
+        from hookdoctor.model.inputs import resolve_input
+        from hookdoctor.model.unwrap import unwrap
+
+        if self._model is None:
+            raise InputError("This report was not made by hookdoctor.inspect, so it has no model to draw maps of.")
+        inner, _, _ = unwrap(self._model)
+        if x is not None:
+            return self._model, resolve_input(inner, x).image
+        image = self._example.recall(inner) if self._example is not None else None
+        if image is None:
+            raise InputError(
+                "The example input given to inspect is gone (the report keeps no tensor of it); pass it "
+                "again: report.figure(x)."
+            )
+        return self._model, image
 
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.severity == "error"]

@@ -174,7 +174,7 @@ def test_captum_snippet_runs_as_pasted(build) -> None:
 def test_unknown_backend_is_an_input_error() -> None:
     spec = hookdoctor.inspect(_SmallCNN(), torch.randn(1, 3, 16, 16), methods=("gradcam",)).gradcam
     with pytest.raises(InputError, match="pytorch-grad-cam"):
-        spec.code("torchcam")
+        spec.code("no-such-backend")
 
 
 class _SharedUnderTwoNames(nn.Module):

@@ -330,8 +330,8 @@ def analyse_attention(
             f"The attention captured from {_named(name_prefix, off.module)} is returned beside the value "
             "product, not on the gradient path, so gradient-weighted rollout (Chefer, LeGrad) gets no "
             "gradient.",
-            "Plain rollout works; for gradient-weighted variants recompute A @ V from the captured "
-            "attention (as torchcam's LeGrad does).",
+            "Plain rollout works; spec.gradient_rollout(model, x) recomputes A @ V from the captured "
+            "attention for one forward, so gradient-weighted rollout works too.",
             layer=_named(name_prefix, off.module), method=_METHOD,
         ))
     spec = AttentionSpec(

@@ -110,8 +110,10 @@ The spec's capture runs the model in eval mode and restores the mode afterwards.
 product, so `autograd.grad(score, weights)` fails with "appears to not have been used in
 the graph". Chefer-style or LeGrad methods need the attention that feeds `A @ V`.
 
-Plain rollout works. For gradient-weighted variants recompute `A @ V` from the captured
-queries and keys, as torchcam's LeGrad does.""",
+Plain rollout works, and so does `spec.gradient_rollout(model, x)`: for the duration of
+one forward it recomputes the layer's output as `out_proj(A @ V)` from the per-head
+weights (the same values), which puts `A` on the gradient path. In your own code, do the
+same: recompute `A @ V` from the captured attention, as torchcam's LeGrad does.""",
     ),
     Code(
         "HD511", "compiled-model", _ATTN, "info",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,3 +229,27 @@ def _refuse_unusable(model_input: ModelInput) -> None:
                     "values, e.g. a normalised image or torch.randn(...); check the preprocessing "
                     "(division by a zero std, a log of 0)."
                 )
+
+
+@dataclass(frozen=True)
+class ExampleImage:
+    """How to get the example image back after ``inspect`` without keeping a tensor.
+
+    A random input hookdoctor made is made again (same shape, same seed); an input the
+    user gave is held by a weak reference, so it is there as long as the user keeps it.
+    """
+
+    shape: tuple[int, ...]
+    made_here: bool
+    given: weakref.ReferenceType[torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, model_input: ModelInput, made_here: bool) -> ExampleImage:
+        image = model_input.image
+        return cls(tuple(int(s) for s in image.shape), made_here, None if made_here else weakref.ref(image))
+
+    def recall(self, model: nn.Module) -> torch.Tensor | None:
+        """The example image, or None when the user's tensor is gone."""
+        if self.made_here:
+            return resolve_input(model, None, self.shape).image
+        return self.given() if self.given is not None else None

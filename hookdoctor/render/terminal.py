@@ -57,19 +57,29 @@ def render_report(
     model_summary: ModelSummary | None = None,
     source: str | None = None,
     verbose: bool = False,
+    preview: Any = None,
 ) -> Iterator[RenderableType]:
     """Yield the report's sections in reading order.
 
     The report is compact when ``console`` writes to a terminal and ``verbose`` is False;
     otherwise (``-v``, a pipe, a file, no console given) every finding is shown in full.
+    ``preview``, the spec's Grad-CAM map ``[H, W]`` (the report keeps no tensor, so the
+    caller computes it), is drawn in block characters beside the verdict lines.
     """
     full = full_detail(console, verbose=verbose)
-    yield _header(report, source) if full else _FittedHeader(_header(report, source), _header(report, None))
-    yield _verdicts(report)
+    header = _header(report, source) if full else _FittedHeader(_header(report, source), _header(report, None))
+    if preview is not None and report.gradcam is not None:
+        yield _beside_preview(report, header, preview)
+        if full:
+            yield Text()  # the full report keeps its blank line; the compact one gets it from the preview
+    else:
+        yield header
+        yield _verdicts(report)
     if full:
         findings = list(_findings(report))
         if findings:
-            yield Text()
+            if preview is None or report.gradcam is None:
+                yield Text()
             yield from findings
         yield from _specs(report, backend, full=True)
         if tree:
@@ -84,7 +94,8 @@ def render_report(
     if tree:
         sections.extend(_tree_section(report, model_summary))
     if sections:
-        yield Text()
+        if preview is None or report.gradcam is None:  # the preview's last line is the blank line
+            yield Text()
         yield from sections
     yield Text()
     yield closing_line(report)
@@ -131,6 +142,24 @@ class _FittedHeader:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.with_source if self.with_source.cell_len <= options.max_width else self.without_source
+
+
+def _beside_preview(report: Report, header: RenderableType, heatmap: Any) -> Table:
+    """Header, verdicts and a caption on the left; the spec's map in four lines on the right."""
+    from hookdoctor.render.preview import LINES, HeatPreview
+
+    preview = HeatPreview(heatmap)
+    assert report.gradcam is not None
+    lines = 1 + len(report.methods) + len(report.layer_verdicts)
+    caption = Text(f"the spec's Grad-CAM on the example input (class {report.target}) ▸", style="dim")
+    caption.no_wrap, caption.overflow = True, "ellipsis"
+    # The caption goes on the last line beside the map, so the block is as tall as before.
+    left = Group(header, _verdicts(report), *[Text()] * max(0, LINES - lines - 1), caption)
+    table = Table.grid(padding=(0, 2), expand=True)
+    table.add_column(ratio=1, overflow="ellipsis", no_wrap=True)
+    table.add_column(width=preview.width, no_wrap=True)
+    table.add_row(left, preview)
+    return table
 
 
 def _verdicts(report: Report) -> Group:

@@ -251,8 +251,37 @@ class GradCAMSpec:
         adapter = CaptumAdapter(self.model, self.layer, transform)
         return LayerGradCam(adapter, adapter.grid_view)
 
+    def torchcam(self) -> Any:
+        """A ``torchcam.methods.GradCAM`` extractor whose map equals pytorch-grad-cam's.
+
+        Run the extractor's own model, then ask for the map::
+
+            extractor = spec.torchcam()
+            scores = extractor.model(x)
+            heatmap = extractor(class_idx=target, scores=scores)[0]  # [B, H, W], in [0, 1]
+            extractor.remove_hooks()
+
+        torchcam averages gradients over dims 2.. and sums activations over dim 1, like
+        Captum; a token or channels-last layer is routed through a ``[B, C, H, W]`` view
+        (``CaptumAdapter``) whose identity torchcam hooks, so ``extractor.model`` is then the
+        adapter, and the user's model computes exactly what it did. torchcam's hooks stay on
+        the extractor's target until ``remove_hooks()`` (or the end of a ``with`` block).
+        """
+        try:
+            from torchcam.methods import GradCAM as TorchcamGradCAM
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "spec.torchcam() needs torchcam, which is not installed. Install it with "
+                "`pip install 'hookdoctor[torchcam]'` (or `pip install torchcam`)."
+            ) from exc
+        transform = self.layout.transform()  # torchcam computes in any dtype: the geometry alone
+        if transform is None:
+            return TorchcamGradCAM(self.model, target_layer=self.layer)
+        adapter = CaptumAdapter(self.model, self.layer, transform)
+        return TorchcamGradCAM(adapter, target_layer="grid_view")
+
     def code(self, backend: str = "pytorch-grad-cam") -> str:
-        """A copy-paste snippet for ``"pytorch-grad-cam"`` or ``"captum"``."""
+        """A copy-paste snippet for ``"pytorch-grad-cam"``, ``"captum"`` or ``"torchcam"``."""
         from hookdoctor.specs.snippets import gradcam_snippet
 
         return gradcam_snippet(self, backend)

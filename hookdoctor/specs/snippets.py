@@ -9,7 +9,7 @@ from hookdoctor.errors import InputError
 if TYPE_CHECKING:
     from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
 
-BACKENDS = ("pytorch-grad-cam", "captum")
+BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 
 
 def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
@@ -204,6 +204,8 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
             "  # [B, H_in, W_in], in [0, 1]",
         ]
         return "\n".join(lines) + "\n"
+    if backend == "torchcam":
+        return "\n".join(lines + _torchcam_lines(spec, wrapper, router, layer_lines, model_expr, layer_expr)) + "\n"
     lines += [f"from captum.attr import LayerAttribution{'' if reshape else ', LayerGradCam'}", ""]
     if reshape:
         named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
@@ -229,3 +231,41 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
         "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode='bilinear')",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _torchcam_lines(
+    spec: GradCAMSpec,
+    wrapper: list[str],
+    router: list[str],
+    layer_lines: list[str],
+    model_expr: str,
+    layer_expr: str,
+) -> list[str]:
+    """torchcam's GradCAM: plain code for a [B, C, H, W] layer, the spec's own view otherwise."""
+    h, w = spec.grid
+    lines = ["from torchcam.methods import GradCAM", ""]
+    if spec.reshape_transform is not None:
+        # torchcam, like Captum, reads dim 1 as channels; only the spec's adapter can show it the grid.
+        named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+        given = "example_input" if _has_inputs(spec) else "x"
+        lines += [
+            "import hookdoctor",
+            "",
+            f"# torchcam reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
+            f"# [B, C, {h}, {w}] view and hands torchcam that view and the model that runs it.",
+            f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
+            "cam = spec.torchcam()",
+        ]
+    else:
+        lines += [
+            *wrapper,
+            *router,
+            *layer_lines,
+            f"cam = GradCAM({model_expr}, target_layer={layer_expr})",
+        ]
+    lines += [
+        "scores = cam.model(x)  # the forward torchcam's hooks watch",
+        f"heatmap = cam(class_idx=class_index, scores=scores)[0]  # [B, {h}, {w}], in [0, 1]",
+        "cam.remove_hooks()",
+    ]
+    return lines
