@@ -312,6 +312,7 @@ class GradCAMAnalysis:
             layout=layout,
             reasons=reasons,
             score=score_text,
+            input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes
 
