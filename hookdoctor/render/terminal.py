@@ -24,6 +24,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from hookdoctor import codes
+from hookdoctor.errors import MethodUnsupportedError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,6 +44,7 @@ def render_report(
     console: Console | None = None,
     *,
     backend: str = "pytorch-grad-cam",
+    cam_method: str = "GradCAM",
     tree: bool = False,
     model_summary: ModelSummary | None = None,
     source: str | None = None,
@@ -54,7 +56,7 @@ def render_report(
     if findings:
         yield Text()
         yield from findings
-    yield from _specs(report, backend)
+    yield from _specs(report, backend, cam_method)
     if tree:
         yield Text()
         yield Rule("module tree", align="left", style="dim")
@@ -304,11 +306,19 @@ def render_finding(finding: Finding) -> RenderableType:
 # --- specs --------------------------------------------------------------------------------------
 
 
-def _specs(report: Report, backend: str) -> Iterator[RenderableType]:
+def _specs(report: Report, backend: str, cam_method: str = "GradCAM") -> Iterator[RenderableType]:
     if "gradcam" in report.methods and report.gradcam is not None:
+        title = "Grad-CAM" if cam_method == "GradCAM" else cam_method
         yield Text()
-        yield Rule(f"Grad-CAM spec for {backend} — paste this", align="left", style="green")
-        yield _code(report.gradcam.code(backend))
+        try:
+            snippet = report.gradcam.code(backend, method=cam_method)
+        except MethodUnsupportedError as refusal:
+            # The layer works for Grad-CAM; only the method asked for cannot, and the report says why.
+            yield Rule(f"{title} spec for {backend} — not possible on this layer", align="left", style="red")
+            yield Text(f"{refusal.code} {refusal}")
+        else:
+            yield Rule(f"{title} spec for {backend} — paste this", align="left", style="green")
+            yield _code(snippet)
     if "rollout" in report.methods and report.rollout is not None:
         snippet = _rollout_code(report.rollout)
         yield Text()

@@ -78,22 +78,71 @@ def _module_name(spec: GradCAMSpec, module: object) -> str:
     return "?"
 
 
-def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
+def _method_lines(spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str]) -> tuple[list[str], list[str]]:
+    """(imports, construction lines) that build ``cam`` for one pytorch-grad-cam class."""
+    layer = f"layer = dict(model.named_modules())[{spec.layer_name!r}]"
+    imports = [f"from pytorch_grad_cam import {method}"]
+    if method in ("AblationCAM", "ShapleyCAM"):
+        # Both wrap the layer's layout in hookdoctor's helpers, which need the transform as an object.
+        transform = "reshape_transform" if spec.reshape_transform is not None else "None"
+        definition = [f"reshape_transform = {spec.reshape_transform!r}", ""] if spec.reshape_transform else []
+        imports += ["from hookdoctor import ReshapeTransform"] if spec.reshape_transform else []
+        if method == "AblationCAM":
+            imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
+            return imports, [
+                *definition,
+                layer,
+                "# An ablation layer that ablates channels of the layer's [B, C, H, W] view, whatever its layout;",
+                "# AblationModel applies it by a hook, so AblationCAM never swaps a module into `model`.",
+                f"ablation_layer = GridAblationLayer({transform})",
+                f"cam = AblationCAM(model=AblationModel({model_expr}, layer, ablation_layer), target_layers=[layer],",
+                f"                  reshape_transform={transform}, ablation_layer=ablation_layer, batch_size=32)",
+            ]
+        imports.append("from hookdoctor.specs.cam_family import SecondOrderModel")
+        return imports, [
+            *definition,
+            layer,
+            "# ShapleyCAM differentiates twice: SecondOrderModel runs attention with the math kernel (the fused",
+            "# ones have no double backward) and hooks the layer as a [B, C, H, W] grid (ShapleyCAM would skip",
+            "# reshape_transform for the activations it weighs).",
+            f"second_order = SecondOrderModel({model_expr}, layer, {transform})",
+            "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer], reshape_transform=None)",
+        ]
+    lines = [
+        *reshape,
+        layer,
+        f"cam = {method}(model={model_expr}, target_layers=[layer],"
+        f" reshape_transform={'reshape_transform' if reshape else 'None'})",
+    ]
+    if method == "ScoreCAM":
+        lines.append("cam.batch_size = 16  # ScoreCAM runs one forward pass per channel, this many at a time")
+    return imports, lines
+
+
+def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    from hookdoctor.specs.cam_family import resolve_method
+
+    method = resolve_method(method)
+    if backend != "pytorch-grad-cam" and method != "GradCAM":
+        raise InputError(
+            f"The method {method} is a pytorch-grad-cam class; the {backend} snippet is Grad-CAM only. "
+            "Use the pytorch-grad-cam backend for other CAM methods."
+        )
+    # The same checks as the kwargs: a method that cannot work raises its coded error here too.
+    spec.pytorch_grad_cam_kwargs(method)
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
     lines = ["import torch"]
     if backend == "pytorch-grad-cam":
+        imports, construction = _method_lines(spec, method, model_expr, reshape)
         lines += [
-            "from pytorch_grad_cam import GradCAM",
+            *imports,
             "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
             "",
-            *reshape,
             *wrapper,
-            f"layer = dict(model.named_modules())[{spec.layer_name!r}]",
-            f"cam = GradCAM(model={model_expr}, target_layers=[layer],"
-            f" reshape_transform={'reshape_transform' if reshape else 'None'})",
+            *construction,
             "heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
             "  # [B, H_in, W_in], in [0, 1]",
         ]
