@@ -330,6 +330,19 @@ def test_cli_cam_method_prints_its_snippet(capsys) -> None:
     assert "Did you mean ScoreCAM" in " ".join(capsys.readouterr().err.split())
 
 
+def test_report_shows_the_refusal_in_place_of_the_snippet(cases) -> None:
+    from rich.console import Console
+
+    from hookdoctor.render.terminal import render_report
+
+    console = Console(width=200, record=True)
+    for renderable in render_report(cases("cnn").report, backend="pytorch-grad-cam", cam_method="FEM"):
+        console.print(renderable)
+    text = console.export_text()
+    assert "FEM spec for pytorch-grad-cam — not possible on this layer" in text and "HD308" in text
+    assert "from pytorch_grad_cam import FEM" not in text
+
+
 # --- the README table ---------------------------------------------------------------------------
 
 

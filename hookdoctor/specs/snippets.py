@@ -78,8 +78,10 @@ def _module_name(spec: GradCAMSpec, module: object) -> str:
     return "?"
 
 
-def _method_lines(spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str]) -> tuple[list[str], list[str]]:
-    """(imports, construction lines) that build ``cam`` for one pytorch-grad-cam class."""
+def _method_lines(
+    spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """(imports, reshape definition, construction lines) that build ``cam`` for one pytorch-grad-cam class."""
     layer = f"layer = dict(model.named_modules())[{spec.layer_name!r}]"
     imports = [f"from pytorch_grad_cam import {method}"]
     if method in ("AblationCAM", "ShapleyCAM"):
@@ -89,8 +91,7 @@ def _method_lines(spec: GradCAMSpec, method: str, model_expr: str, reshape: list
         imports += ["from hookdoctor import ReshapeTransform"] if spec.reshape_transform else []
         if method == "AblationCAM":
             imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
-            return imports, [
-                *definition,
+            return imports, definition, [
                 layer,
                 "# An ablation layer that ablates channels of the layer's [B, C, H, W] view, whatever its layout;",
                 "# AblationModel applies it by a hook, so AblationCAM never swaps a module into `model`.",
@@ -99,8 +100,7 @@ def _method_lines(spec: GradCAMSpec, method: str, model_expr: str, reshape: list
                 f"                  reshape_transform={transform}, ablation_layer=ablation_layer, batch_size=32)",
             ]
         imports.append("from hookdoctor.specs.cam_family import SecondOrderModel")
-        return imports, [
-            *definition,
+        return imports, definition, [
             layer,
             "# ShapleyCAM differentiates twice: SecondOrderModel runs attention with the math kernel (the fused",
             "# ones have no double backward) and hooks the layer as a [B, C, H, W] grid (ShapleyCAM would skip",
@@ -109,14 +109,13 @@ def _method_lines(spec: GradCAMSpec, method: str, model_expr: str, reshape: list
             "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer], reshape_transform=None)",
         ]
     lines = [
-        *reshape,
         layer,
         f"cam = {method}(model={model_expr}, target_layers=[layer],"
         f" reshape_transform={'reshape_transform' if reshape else 'None'})",
     ]
     if method == "ScoreCAM":
         lines.append("cam.batch_size = 16  # ScoreCAM runs one forward pass per channel, this many at a time")
-    return imports, lines
+    return imports, reshape, lines
 
 
 def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") -> str:
@@ -136,11 +135,13 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
     reshape = _reshape_function(spec)
     lines = ["import torch"]
     if backend == "pytorch-grad-cam":
-        imports, construction = _method_lines(spec, method, model_expr, reshape)
+        imports, definition, construction = _method_lines(spec, method, model_expr, reshape)
         lines += [
-            *imports,
+            imports[0],
             "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
+            *imports[1:],
             "",
+            *definition,
             *wrapper,
             *construction,
             "heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
