@@ -249,6 +249,14 @@ def test_shapley_needs_math_attention_and_the_grid_view(cases) -> None:
     assert working(run_cam("ShapleyCAM", kwargs, case.x, case.report.target), case.x)
 
 
+def test_shapley_on_swin_fails_from_the_raw_channels_last_activations(cases) -> None:
+    """The Swin "broadcast error": [B, C] weights times the un-reshaped [B, H, W, C] activations."""
+    case = cases("swin")
+    plain = copy.deepcopy(case.report.gradcam.pytorch_grad_cam_kwargs())
+    with pytest.raises(ValueError, match=r"could not be broadcast together with shapes \(1,64,1,1\) \(1,4,4,64\)"):
+        run_cam("ShapleyCAM", plain, case.x, case.report.target)
+
+
 # --- the refusals' fixes work -------------------------------------------------------------------
 
 
