@@ -101,7 +101,7 @@ def math_attention() -> Iterator[None]:
     """Run ``scaled_dot_product_attention`` with the math kernel, the one that has a double backward."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3 has only the CUDA switch; CPU attention there is not fused
+    except ImportError:  # torch < 2.3: no sdpa_kernel, only the global switches under torch.backends.cuda
         with torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False):
             yield
         return
@@ -185,9 +185,11 @@ def second_order_failure(model: SecondOrderModel, input_shape: tuple[int, ...]) 
             score = scores[:, int(scores[0].argmax())].sum()
             activations = captured[0]
             (grads,) = torch.autograd.grad(score, activations, create_graph=True)
-            torch.autograd.grad(grads, activations, grad_outputs=activations, allow_unused=True)
-    except RuntimeError as exc:
-        return str(exc).strip().splitlines()[0]
+            # Only the second derivative is in question: the forward and first backward ran in the probe.
+            try:
+                torch.autograd.grad(grads, activations, grad_outputs=activations, allow_unused=True)
+            except RuntimeError as exc:
+                return str(exc).strip().splitlines()[0]
     finally:
         handle.remove()
     return None
@@ -235,7 +237,7 @@ def method_kwargs(spec: GradCAMSpec, method: str) -> dict[str, Any]:
                 f"channel's mean by {FEM_K:g} standard deviations, and on a grid of {cells} cells "
                 f"({spec.grid[0]}x{spec.grid[1]}) no cell can (at most sqrt({cells} - 1) = "
                 f"{math.sqrt(max(cells - 1, 0)):.2f}), so the map is all zeros. Use a layer with at least "
-                f"{int(FEM_K**2) + 2} cells (an earlier layer, or a larger input), or another method; "
-                "hookdoctor explain HD308.",
+                f"{int(FEM_K**2) + 2} cells (an earlier layer, or a larger input), another method, or a smaller "
+                "k with the plain kwargs (`FEM(**spec.pytorch_grad_cam_kwargs(), k=1)`); hookdoctor explain HD308.",
             )
     return base
