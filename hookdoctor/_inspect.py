@@ -8,19 +8,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import networkx as nx
-import torch
 from torch import nn
 
-from hookdoctor.attention import analyse_attention, find_attention_sites, observe_for_rollout
+from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.checks.layers import GRADCAM
-from hookdoctor.checks.recommend import GradCAMAnalysis
+from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.errors import InputError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
-from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.inputs import resolve_input
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
-from hookdoctor.probe.run import Probe, run_probe
+from hookdoctor.probe.run import recorded_pass
 from hookdoctor.report import Diagnostic, LayerVerdict, Report, sort_diagnostics
 from hookdoctor.specs.gradcam import GradCAMSpec
 
@@ -92,45 +91,41 @@ def inspect(
     with preserved(model):
         was_training = inner.training
         inner.eval()
-        probe = run_probe(inner, model_input, target, prefix, output)  # first: it reports a raising forward
-        # Rollout's intercepted forward also says where the attention is; without rollout a
-        # cheaper no-grad pass does.
-        seen = observe_for_rollout(inner, model_input) if "rollout" in wanted else None
-        found_sites = seen.sites if seen is not None else find_attention_sites(inner, model_input)
-        sites = sorted({prefix + site.module for site in found_sites if site.module})
-        # A second forward on the same input: rollout's, when there is one, else a plain one.
-        again = seen.output if seen is not None else _forward_without_grad(inner, model_input)
-        diagnostics += _determinism(probe, again)
-        analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
-        if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
-            gradcam_spec, found = analysis.recommend(requested)
-            diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
-        if seen is not None:
-            rollout_spec, found = analyse_attention(
-                inner,
-                model_input,
-                name_prefix=prefix,
-                prefix_hint=analysis.context.prefix_hint,
-                observed_grids=analysis.context.observed_grids,
-                was_training=was_training,
-                score=probe.score.selector,
-                seen=seen,
-            )
-            diagnostics += found
-        summaries = analysis.summaries()
-        target_index = int(probe.score.target[0])  # the top class, or `target`
-        all_verdicts = {name: analysis.verdict(name) for name in analysis.judgements}
-        verdicts = {name: all_verdicts.get(name) or _unknown_layer(name, list(all_verdicts)) for name in requested}
+        with recorded_pass(inner, model_input, target, prefix, output) as probe:  # the one recorded pass
+            sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
+            if probe.consumed_randomness:
+                diagnostics.append(_nondeterministic())
+            analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
+            if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
+                gradcam_spec, found = analysis.recommend(requested)
+                diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
+            if "rollout" in wanted:
+                rollout_spec, found = analyse_attention(
+                    inner,
+                    model_input,
+                    probe=probe,
+                    name_prefix=prefix,
+                    prefix_hint=analysis.context.prefix_hint,
+                    was_training=was_training,
+                )
+                diagnostics += found
+            summaries = analysis.summaries()
+            target_index = probe.score.target  # the top class, or `target`
+            all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
+            call_counts = {name: len(record.calls) for name, record in probe.records.items()}
+            module_names = list(analysis.judgements)
         aliases = _aliases(build_tree(inner, prefix), all_verdicts)
-
-    diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
 
     def check_layer(name: str) -> LayerVerdict:
         if name in all_verdicts:
             return all_verdicts[name]
         if name in aliases:  # the same module object under a second name
             return dataclasses.replace(all_verdicts[aliases[name]], name=name)
-        return _unknown_layer(name, list(all_verdicts))
+        per_call = call_verdict(name, all_verdicts, aliases, call_counts)  # NAME#k: one call of a module
+        return per_call or _unknown_layer(name, module_names)
+
+    verdicts = {name: check_layer(name) for name in requested}
+    diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
 
     return Report(
         methods=wanted,
@@ -151,27 +146,15 @@ def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return list(dict.fromkeys(diagnostics))
 
 
-def _forward_without_grad(inner: nn.Module, model_input: ModelInput) -> Any:
-    with torch.no_grad():
-        return model_input.call(inner)
-
-
-def _determinism(probe: Probe, again: Any) -> list[Diagnostic]:
-    """HD006 when a second forward on the same input scored differently (randomness at inference)."""
-    second = probe.score.selector(again).detach()
-    first = probe.score.selected
-    if second.shape == first.shape and torch.allclose(second.float(), first.float(), rtol=1e-4, atol=1e-5):
-        return []
-    change = float((second.float() - first.float()).abs().max())
-    return [
-        Diagnostic.of(
-            "HD006",
-            f"Two forward passes on the same input gave scores that differ by up to {change:.3g} in eval mode: "
-            "something random runs at inference, so every map changes from call to call.",
-            "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
-            "explaining it; hookdoctor explain HD006.",
-        )
-    ]
+def _nondeterministic() -> Diagnostic:
+    """HD006: the eval-mode forward drew random numbers (read off the RNG state, at no extra cost)."""
+    return Diagnostic.of(
+        "HD006",
+        "The forward pass draws random numbers in eval mode (the global random number generator advanced): "
+        "something random runs at inference, so every map changes from call to call.",
+        "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
+        "explaining it; hookdoctor explain HD006.",
+    )
 
 
 def _aliases(tree: nx.DiGraph, verdicts: dict[str, LayerVerdict]) -> dict[str, str]:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from hookdoctor.checks.attention import analyse_attention, observe_for_rollout
+from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.probe.intercept import sdpa_probabilities
 from hookdoctor.probe.sites import AttentionSite, attention_modules, find_attention_sites
 from hookdoctor.specs.attention import AttentionRecord, AttentionSpec, capture_attention
@@ -23,7 +23,6 @@ __all__ = [
     "attention_modules",
     "capture_attention",
     "find_attention_sites",
-    "observe_for_rollout",
     "rollout_map",
     "rollout_matrix",
     "sdpa_probabilities",

@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--strict", action="store_true", help="count warnings as failures (exit 1)")
     inspect.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="on a terminal too, show every finding in full and the environment (output that is "
+        "not a terminal always gets the full report)",
+    )
+    inspect.add_argument(
         "--tree",
         action="store_true",
         help="add the module tree with each layer's layout and verdict, and a torchinfo summary",
@@ -306,6 +313,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             tree=args.tree,
             model_summary=summary,
             source=args.model,
+            verbose=args.verbose,
         ):
             # Code to paste keeps its lines whole on a narrow terminal.
             console.print(renderable, soft_wrap=isinstance(renderable, CodeText))

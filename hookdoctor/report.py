@@ -169,6 +169,7 @@ class Report:
         }
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
+        """Compact on a terminal, in full elsewhere (a file, a pipe, Jupyter), as the CLI prints it."""
         from hookdoctor.render.terminal import render_report
 
         yield from render_report(self, console=console)

@@ -119,6 +119,17 @@ def test_spec_serialises_and_its_snippet_is_python():
     compile(spec.code(), "<snippet>", "exec")
 
 
+def test_short_snippet_of_the_compact_report_runs():
+    model = GQAViT().eval()
+    spec, _ = analyse_attention(model, ModelInput((X,)))
+    short = spec.code(own_forward=False)
+    assert spec.code().startswith(short) and "capturing" not in short
+    namespace: dict = {"model": model, "x": X}
+    exec(compile(short, "<snippet>", "exec"), namespace)
+    assert len(namespace["attentions"]) == 2
+    assert namespace["heatmap"].shape == (X.shape[0], 4, 4)
+
+
 def test_rollout_of_identity_attention_reads_only_the_query_token():
     eye = torch.eye(5).expand(1, 2, 5, 5)
     matrix = rollout_matrix([eye, eye])

@@ -338,17 +338,27 @@ def test_cli_cam_method_prints_its_snippet(capsys) -> None:
     assert "Did you mean ScoreCAM" in " ".join(capsys.readouterr().err.split())
 
 
-def test_report_shows_the_refusal_in_place_of_the_snippet(cases) -> None:
+@pytest.mark.parametrize("terminal", [False, True], ids=["full", "compact"])
+def test_report_shows_the_refusal_in_place_of_the_snippet(cases, terminal: bool) -> None:
+    import io
+
     from rich.console import Console
 
-    from hookdoctor.render.terminal import render_report
+    from hookdoctor.render.terminal import full_detail, render_report
 
-    console = Console(width=200, record=True)
-    for renderable in render_report(cases("cnn").report, backend="pytorch-grad-cam", cam_method="FEM"):
+    console = Console(file=io.StringIO(), width=200, record=True, force_terminal=terminal, color_system=None)
+    assert full_detail(console) is not terminal  # a terminal gets the compact report (issue 16)
+    for renderable in render_report(cases("cnn").report, console, backend="pytorch-grad-cam", cam_method="FEM"):
         console.print(renderable)
     text = console.export_text()
     assert "FEM spec for pytorch-grad-cam — not possible on this layer" in text and "HD308" in text
     assert "from pytorch_grad_cam import FEM" not in text
+    ablation = io.StringIO()
+    console = Console(file=ablation, width=200, force_terminal=terminal, color_system=None)
+    for renderable in render_report(cases("cnn").report, console, cam_method="AblationCAM"):
+        console.print(renderable)
+    assert "AblationCAM spec for pytorch-grad-cam — paste this" in ablation.getvalue()
+    assert "GridAblationLayer" in ablation.getvalue()
 
 
 # --- the README table ---------------------------------------------------------------------------

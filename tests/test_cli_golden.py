@@ -1,6 +1,10 @@
 """Golden files: the rendered report (100 columns, no colour) and the JSON, for the default
 model, a ResNet and a Swin, through the command line.
 
+The rendered report comes in two levels of detail: piped (stdout is not a terminal) and with
+``-v`` it is the full report; on a terminal it is the compact one. ``TTY_COMPATIBLE=1`` is
+rich's own switch for "this output is a terminal", so the tests take the CLI's real path.
+
 Regenerate after an intended change with ``HOOKDOCTOR_UPDATE_GOLDEN=1 pytest tests/test_cli_golden.py``
 and review the diff. Package versions are masked so upgrades do not break the files.
 """
@@ -15,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from fixtures.pathological import INPUTS as PATHOLOGICAL_INPUTS
 from hookdoctor.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +27,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("HOOKDOCTOR_UPDATE_GOLDEN") == "1"
 _PACKAGES = ("torch", "transformers", "timm", "torchvision", "python")
 _VERSION = re.compile(r"\b(" + "|".join(_PACKAGES) + r") \d[\w.+-]*")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 CASES = {
     # name: (arguments, expected exit code)
@@ -38,6 +44,23 @@ def plain_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     for variable in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE"):
         monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """stdout counts as a terminal 100 columns wide; NO_COLOR keeps colour out (bold stays)."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("NO_COLOR", "1")
+    for variable in ("FORCE_COLOR", "TTY_INTERACTIVE", "CLICOLOR_FORCE"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def _screen(out: str) -> str:
+    """What the terminal shows: the escape codes a terminal gets (bold, italic) stripped."""
+    assert "\x1b[" in out, "the report was not written as to a terminal"
+    return _mask_text(_ANSI.sub("", out))
 
 
 def _mask_text(text: str) -> str:
@@ -79,3 +102,57 @@ def test_json_report(name, capsys, plain_terminal):
     assert main(["inspect", *args, "--json"]) == expected
     report = json.loads(capsys.readouterr().out)
     _check(GOLDEN / f"{name}.json", json.dumps(_mask_json(report), indent=2, ensure_ascii=False) + "\n")
+
+
+# --- on a terminal ------------------------------------------------------------------------------
+
+TERMINAL_CASES = {
+    # name: (arguments, expected exit code, most lines allowed); the golden files show a screen
+    "report_vit_compact": (["fixtures/report_vit"], 0, 40),  # the seed ViT fits in 40 lines
+    "swin_compact_tree": (["fixtures/factories.py:tiny_swin", "--tree"], 1, None),
+}
+
+
+@pytest.mark.parametrize("name", list(TERMINAL_CASES))
+def test_compact_report_on_a_terminal(name, capsys, terminal):
+    args, expected, most_lines = TERMINAL_CASES[name]
+    assert main(["inspect", *args]) == expected
+    screen = _screen(capsys.readouterr().out)
+    _check(GOLDEN / f"{name}.txt", screen)
+    assert screen.splitlines()[-1].endswith("hookdoctor explain CODE or -v for details")
+    if most_lines is not None:
+        assert len(screen.splitlines()) <= most_lines
+
+
+def test_verbose_on_a_terminal_is_the_piped_report(capsys, terminal):
+    """-v gives the full report, exactly what a pipe or a CI log gets (report_vit.txt)."""
+    args, expected = CASES["report_vit"]
+    assert main(["inspect", *args, "-v"]) == expected
+    _check(GOLDEN / "report_vit.txt", _screen(capsys.readouterr().out))
+
+
+# Every fixture model that the command line can build: the seed ViT folder, the factories meant
+# for the CLI, the pathological models (at their input shapes) and the attention models.
+FIXTURE_MODELS = [
+    ["fixtures/report_vit"],
+    *(
+        [f"fixtures/factories.py:{name}"]
+        for name in ("tiny_cnn", "tiny_swin", "tiny_torchvision_vit", "data_parallel_cnn")
+    ),
+    *(
+        [f"fixtures/pathological.py:{name}", "--input-shape", ",".join(map(str, shape))]
+        for name, shape in PATHOLOGICAL_INPUTS.items()
+    ),
+    *(
+        [f"fixtures/attention_models.py:{name}", "--input-shape", "1,3,32,32"]
+        for name in ("GQAViT", "FoldedHeadsViT", "CrossBlockViT")
+    ),
+]
+
+
+@pytest.mark.parametrize("args", FIXTURE_MODELS, ids=lambda args: args[0].rpartition("/")[2])
+def test_compact_report_of_every_fixture_fits_a_screen(args, capsys, terminal):
+    assert main(["inspect", *args]) in (0, 1)
+    screen = _screen(capsys.readouterr().out).splitlines()
+    assert len(screen) < 45, "\n".join(screen)
+    assert screen[-1].startswith(("✓", "!", "✗"))  # the verdict is the last thing read, too

@@ -40,12 +40,18 @@ def _report(diagnostics: list[Diagnostic], verdicts: dict[str, LayerVerdict] | N
     )
 
 
-def _text(report: Report, **kwargs) -> str:
+def _text(report: Report, *, terminal: bool = False, width: int = 100, **kwargs) -> str:
+    """The report as printed: to a pipe (full detail) or, with ``terminal``, to a screen (compact)."""
     out = io.StringIO()
-    console = Console(file=out, width=100, color_system=None, force_terminal=False)
+    console = Console(file=out, width=width, color_system=None, force_terminal=terminal)
     for renderable in render_report(report, console=console, **kwargs):
         console.print(renderable)
     return out.getvalue()
+
+
+def _note(code: str, layer: str | None) -> Diagnostic:
+    where = f"`{layer}`" if layer else "The model"
+    return Diagnostic.of(code, f"{where} needs care.", "Nothing to change.", layer=layer, method="gradcam")
 
 
 def _attn(i: int) -> Diagnostic:
@@ -153,3 +159,108 @@ def test_report_is_a_rich_renderable():
     out = io.StringIO()
     Console(file=out, width=100, color_system=None).print(_report([_attn(0)]))
     assert "[✗] attention rollout" in out.getvalue()
+
+
+# --- the compact report (stdout is a terminal) --------------------------------------------------
+
+
+def _mixed_findings() -> list[Diagnostic]:
+    head = Diagnostic.of(
+        "HD305", "`head` outputs [B, 10], no grid.", "Hook blocks.1 instead.", layer="head", method="gradcam"
+    )
+    notes = [_note("HD001", None)] + [_note("HD301", f"blocks.{i}.norm") for i in range(6)]
+    return [head, _attn(0), *notes]
+
+
+def test_compact_report_shows_errors_in_full_and_info_one_line_each():
+    text = _text(_report(_mixed_findings()), terminal=True)
+    lines = text.splitlines()
+    assert lines[1].startswith("[✗] Grad-CAM") and lines[2].startswith("[✗] attention rollout")
+    # errors in full: cause, fix, the pointer
+    for expected in ("error[HD305]", "cause `head` outputs", "fix Hook blocks.1 instead.", "see hookdoctor explain"):
+        assert expected in text
+    # info: one line each, with code, layer and title, and no cause or fix
+    notes = [line for line in lines if line.startswith("info[")]
+    assert len(notes) == 2
+    assert notes[0].startswith("info[HD001]") and "ModelOutput, tuple or dict" in notes[0]
+    assert notes[1].startswith("info[HD301] blocks.{0..5}.norm") and "token sequence" in notes[1]
+    assert "needs care" not in text and "Nothing to change" not in text
+    assert "-v shows why" in text
+    # the environment is for -v; the closing line is last
+    assert "environment" not in text
+    assert lines[-1] == "✗ Grad-CAM  ✗ rollout · 2 errors, 2 notes · hookdoctor explain CODE or -v for details"
+
+
+def test_verbose_and_piped_reports_are_the_full_report():
+    report = _report(_mixed_findings())
+    piped = _text(report)
+    assert _text(report, terminal=True, verbose=True) == piped
+    assert "info[HD301]: The layer's output is a token sequence" in piped
+    assert "--> blocks.{0..5}.norm" in piped and "cause `blocks.{0..5}.norm` needs care." in piped
+    assert piped.splitlines()[-2].startswith("environment torch 9.9.9")
+    assert "-v for details" not in piped
+
+
+def test_compact_notes_never_wrap():
+    notes = [_note("HD301", f"encoder.stages.{i}.blocks.3.attention.output.norm") for i in (0, 2)]
+    text = _text(_report([_note("HD512", None), *notes]), terminal=True, width=60)
+    lines = text.splitlines()
+    notes = [i for i, line in enumerate(lines) if line.startswith("info[")]
+    assert len(notes) == 2 and notes[1] == notes[0] + 1  # no continuation lines between them
+    assert lines[notes[0]].startswith("info[HD301] encoder.stages.{0,2}.blocks.3.attention.output.")
+    assert lines[notes[1]].startswith("info[HD512]  ")
+    assert all(len(lines[i]) <= 60 and lines[i].endswith("…") for i in notes)
+
+
+def test_compact_finding_does_not_repeat_a_layer_its_cause_names():
+    text = _text(_report(_mixed_findings()), terminal=True)
+    assert "--> head" not in text and "cause `head` outputs" in text
+    # "head" as a word is not the layer named: only a quoted name, or a dotted one, counts
+    unnamed = Diagnostic.of("HD305", "The head outputs [B, 10].", "Hook blocks.1.", layer="head", method="gradcam")
+    assert "--> head" in _text(_report([unnamed]), terminal=True)
+    dotted = Diagnostic.of("HD508", "blocks.0.attn and 3 more compute none.", "Use Grad-CAM.", layer="blocks.0.attn")
+    assert "--> blocks.0.attn" not in _text(_report([dotted]), terminal=True)
+    prefix = Diagnostic.of("HD508", "blocks.0.attn.qkv computes none.", "Use Grad-CAM.", layer="blocks.0.attn")
+    assert "--> blocks.0.attn" in _text(_report([prefix]), terminal=True)
+
+
+def test_compact_header_leaves_out_the_source_rather_than_wrap():
+    report = _report([])
+    source = "a/very/long/path/to/a/model/factory/file/that/the/user/just/typed.py:build_the_model"
+    assert _text(report, terminal=True, source=source).splitlines()[0] == (
+        "TinyViT · input 1×3×32×32 · explaining class 3"
+    )
+    assert _text(report, terminal=True, source="f.py:m").splitlines()[0].startswith("TinyViT (f.py:m) · input")
+    assert source in _text(report, source=source)  # piped: the full header, wrapped
+
+
+def test_closing_line_counts_and_marks():
+    warning = Diagnostic.of("HD003", "`head` is all zero.", "Load weights.", layer="head", method="gradcam")
+    verdict = LayerVerdict(
+        "blocks.9",
+        False,
+        [Diagnostic.of("HD101", "No module is named `blocks.9`.", "Use blocks.2.", layer="blocks.9")],
+    )
+    report = _report([warning], {"blocks.9": verdict})
+    last = _text(report, terminal=True, width=120).splitlines()[-1]
+    assert last == (
+        "✗ Grad-CAM  ✗ rollout  ✗ layer blocks.9 · 1 error, 1 warning · "
+        "hookdoctor explain CODE or -v for details"
+    )
+    assert _text(_report([]), terminal=True).splitlines()[-1] == "✗ Grad-CAM  ✗ rollout · no findings · -v for details"
+
+
+def test_compact_tree_keeps_working():
+    text = _text(_report([_attn(0)]), terminal=True, tree=True)
+    assert "module tree" in text and "✗ 2 Block HD201" in text
+    assert text.splitlines()[-1].startswith("✗ Grad-CAM  ✗ rollout · 1 error")
+
+
+def test_report_draws_itself_compact_on_a_terminal_and_in_full_elsewhere():
+    report = _report(_mixed_findings())
+    on_screen, piped = io.StringIO(), io.StringIO()
+    Console(file=on_screen, width=100, color_system=None, force_terminal=True).print(report)
+    Console(file=piped, width=100, color_system=None, force_terminal=False).print(report)
+    assert on_screen.getvalue().splitlines()[-1].endswith("-v for details")
+    assert "cause `blocks.{0..5}.norm` needs care." in piped.getvalue()
+    assert "needs care" not in on_screen.getvalue()

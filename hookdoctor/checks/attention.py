@@ -1,45 +1,30 @@
 """Judge a model for attention rollout: what its settings would give a user, and a spec that works.
 
-One forward with gradients runs under interception (``_sites.observe``). From it come the
-attention sites, the effective implementation of each (whatever the config claims), the
-token layout, whether the captured probabilities are on the gradient path, and which
-token rows the head actually reads (the rows of the last attention that receive gradient).
+Everything comes from the probe's one recorded pass: the attention sites, the effective
+implementation of each (whatever the config claims), the token layout, whether the
+captured probabilities are on the gradient path, and which token rows the head actually
+reads (the rows of the last attention that the score's gradient reaches).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from hookdoctor.checks.layers import observed_grids
 from hookdoctor.geometry.layout import prefix_token_hint, token_candidates
+from hookdoctor.model.guard import preserved
 from hookdoctor.model.inputs import ModelInput
-from hookdoctor.model.outputs import SCORE_FIELDS, OutputSelector
-from hookdoctor.probe.sites import AttentionSite, Observation, observe
+from hookdoctor.probe.record import AttentionCall, Probe
+from hookdoctor.probe.run import recorded_pass
+from hookdoctor.probe.sites import AttentionSite
 from hookdoctor.report import Diagnostic
 from hookdoctor.specs.attention import AttentionSpec
 
 _METHOD = "rollout"
-
-
-def _score_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor the model's user would explain: logits, else an embedding, else the first tensor."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        for name in SCORE_FIELDS:
-            value = output.get(name)
-            if isinstance(value, torch.Tensor):
-                return value
-        values: Sequence[Any] = list(output.values())
-    elif isinstance(output, (tuple, list)):
-        values = output
-    else:
-        return None
-    return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
 def _more(sites: Sequence[AttentionSite]) -> str:
@@ -70,8 +55,7 @@ def _transformers_major() -> int | None:
 
 
 # -- refusals ------------------------------------------------------------------------------------
-def _refusal(model: nn.Module, seen: Observation, prefix: str) -> Diagnostic | None:
-    sites = seen.sites
+def _refusal(model: nn.Module, sites: Sequence[AttentionSite], prefix: str) -> Diagnostic | None:
     if not sites:
         kind = type(model).__name__
         return Diagnostic.of(
@@ -99,7 +83,7 @@ def _refusal(model: nn.Module, seen: Observation, prefix: str) -> Diagnostic | N
         return Diagnostic.of(
             "HD506",
             f"{_named(prefix, first.module)}{_more(windows)} attend within local windows "
-            f"({first.batch} windows of {first.key_tokens} tokens for a batch of {seen_batch(seen)}), "
+            f"({first.batch} windows of {first.key_tokens} tokens for a batch of {_tokens_batch(sites)}), "
             "so there is no image-wide token-to-token matrix to roll out.",
             "Use Grad-CAM (hookdoctor recommends a layer), or look at per-window attention maps only.",
             layer=_named(prefix, first.module),
@@ -128,9 +112,8 @@ def _refusal(model: nn.Module, seen: Observation, prefix: str) -> Diagnostic | N
     return None
 
 
-def seen_batch(seen: Observation) -> int:
-    first = seen.probs[0] if seen.probs else None
-    return int(first.shape[0]) if first is not None and seen.sites[0].mixes == "tokens" else 1
+def _tokens_batch(sites: Sequence[AttentionSite]) -> int:
+    return sites[0].batch if sites and sites[0].mixes == "tokens" else 1
 
 
 # -- what the model's settings would give a user ----------------------------------------------------
@@ -225,22 +208,16 @@ def _misleading_settings(
 
 
 # -- which rows the head reads -------------------------------------------------------------------
-def _read_rows(
-    seen: Observation, blocks: Sequence[int], selector: OutputSelector | None
-) -> tuple[torch.Tensor | None, list[bool]]:
-    """Gradient energy per query row of the last self-attention, and which captures are on the path."""
-    score = selector(seen.output) if selector is not None else _score_tensor(seen.output)
-    probs = [seen.probs[i] for i in blocks]
-    on_path = [seen.on_path[i] and probs[k].requires_grad for k, i in enumerate(blocks)]
-    if score is None or not score.requires_grad or not all(on_path):
-        return None, on_path
-    mix = torch.randn(score.shape[1:], generator=torch.Generator().manual_seed(0)).to(score)
-    grads = torch.autograd.grad((score * mix).sum(), probs, allow_unused=True)
-    on_path = [g is not None for g in grads]
-    last = grads[-1]
-    if last is None:
-        return None, on_path
-    return last.abs().sum(dim=(0, 1, 3)), on_path
+def _read_rows(blocks: Sequence[AttentionCall], *, backward_ran: bool) -> tuple[torch.Tensor | None, list[bool]]:
+    """Gradient energy per query row of the last self-attention, and which captures are on the path.
+
+    A capture is on the path when it feeds the output in autograd and the score's gradient
+    reached it; without a backward (a score with no gradient) only the first is known.
+    """
+    captured = [seen.on_path for seen in blocks]
+    if not backward_ran or not all(captured):
+        return None, captured
+    return blocks[-1].row_energy, [seen.reached for seen in blocks]
 
 
 def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str, tuple[int, ...]]:
@@ -254,35 +231,33 @@ def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str,
     return "mean", ()
 
 
-def observe_for_rollout(model: nn.Module, model_input: ModelInput) -> Observation:
-    """One intercepted forward with gradients: the sites, their probabilities on the path, the output."""
-    image = model_input.image
-    return observe(model, model_input.with_image(image.detach().clone().requires_grad_(True)), grad=True)
-
-
 def analyse_attention(
     model: nn.Module,
     model_input: ModelInput,
     *,
+    probe: Probe | None = None,
     name_prefix: str = "",
     prefix_hint: int | None = None,
-    observed_grids: Sequence[tuple[int, int]] = (),
     was_training: bool | None = None,
-    score: OutputSelector | None = None,
-    seen: Observation | None = None,
 ) -> tuple[AttentionSpec | None, list[Diagnostic]]:
     """An AttentionSpec for ``model`` (already unwrapped) and what its settings would do to a user.
 
     Refusals (window, channel, no or irregular attention) come back as one error
     diagnostic and spec None. Layer names get ``name_prefix`` so they are valid on the
     model the user passed. ``was_training`` is the user's mode when the caller has already
-    switched the model to eval (default: ``model.training``). ``score`` selects the
-    explained score from the model's output (as the Grad-CAM probe chose it); by default
-    the logits, else an embedding, else the first tensor. ``seen`` is an earlier
-    ``observe_for_rollout`` of the same model and input, so its forward is not run twice.
+    switched the model to eval (default: ``model.training``). ``probe`` is the recorded pass
+    of ``model`` on ``model_input`` that ``inspect`` made; without one, this runs its own
+    (the model is restored afterwards).
     """
-    if seen is None:
-        seen = observe_for_rollout(model, model_input)
+    if probe is None:
+        with preserved(model):
+            was_training = model.training if was_training is None else was_training
+            model.eval()
+            with recorded_pass(model, model_input, None, name_prefix) as own:
+                return analyse_attention(
+                    model, model_input, probe=own, name_prefix=name_prefix, prefix_hint=prefix_hint,
+                    was_training=was_training,
+                )
     diagnostics: list[Diagnostic] = []
     if "_orig_mod" in name_prefix:
         diagnostics.append(Diagnostic.of(
@@ -292,20 +267,20 @@ def analyse_attention(
             "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
             method=_METHOD,
         ))
-    refusal = _refusal(model, seen, name_prefix)
+    sites = [seen.site for seen in probe.attention]
+    refusal = _refusal(model, sites, name_prefix)
     if refusal is not None:
         return None, [refusal, *diagnostics]
 
-    block_index = [i for i, s in enumerate(seen.sites) if s.is_self_attention]
-    blocks = [seen.sites[i] for i in block_index]
-    last = seen.sites[-1]
+    block_calls = [seen for seen in probe.attention if seen.site.is_self_attention]
+    blocks = [seen.site for seen in block_calls]
+    last = sites[-1]
     tokens = blocks[0].key_tokens
     pool = last if not last.is_self_attention and last.key_tokens == tokens else None
     diagnostics.extend(_setting_diagnostics(model, blocks, name_prefix))
 
     hint = prefix_hint if prefix_hint is not None else prefix_token_hint(model)
-    grids = [*observed_grids, *seen.grids]
-    candidates = token_candidates(tokens, model_input.image_hw, grids, hint)
+    candidates = token_candidates(tokens, model_input.image_hw, observed_grids(probe), hint)
     if not candidates:
         return None, [Diagnostic.of(
             "HD513",
@@ -316,7 +291,7 @@ def analyse_attention(
         ), *diagnostics]
     prefix, grid = candidates[0]
 
-    rows, on_path = _read_rows(seen, block_index, score)
+    rows, on_path = _read_rows(block_calls, backward_ran=probe.score.has_gradient)
     query, query_tokens = _query(rows, prefix, pool is not None)
     on_gradient_path = all(on_path)
     first = _named(name_prefix, blocks[0].module)

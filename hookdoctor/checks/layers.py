@@ -3,10 +3,16 @@
 A layer is usable when it runs exactly once, returns a plain tensor that no later
 in-place operation rewrites, has an image-aligned layout with more than one cell, and
 receives gradient from the score at its image cells (not only at its prefix tokens).
+
+One call of a module that runs several times is judged the same way under the name
+``NAME#k`` (call k, counting from 0): the per-call spec routes that call alone to the
+libraries, so running several times is no failure there; a call that does not depend on
+the explained input (the other view of a siamese model) is.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +23,18 @@ from hookdoctor.probe.run import CallRecord, ModuleRecord, Probe
 from hookdoctor.report import Diagnostic
 
 GRADCAM = "gradcam"
+
+_CALL_NAME = re.compile(r"^(?P<module>.+)#(?P<index>\d+)$")
+
+
+def split_call(name: str) -> tuple[str, int] | None:
+    """``("enc", 1)`` for ``"enc#1"``; None for a plain module name."""
+    match = _CALL_NAME.match(name)
+    return (match["module"], int(match["index"])) if match else None
+
+
+def call_name(module: str, index: int) -> str:
+    return f"{module}#{index}"
 
 
 @dataclass
@@ -57,6 +75,10 @@ class Judgement:
     layouts: list[Layout] = field(default_factory=list)
     call: CallRecord | None = None
     holds_only: bool = False  # a ModuleList/ModuleDict: nothing to judge in the module tree
+    module_name: str = ""  # the module judged; differs from ``name`` for one call (``NAME#k``)
+    call_index: int | None = None  # set when one call of a module is judged
+    calls: int = 0  # how many times the module ran
+    other_input: bool = False  # one call (NAME#k) that is not computed from the explained input
     cut_off: CutOff | None = None  # set with HD201
 
     @property
@@ -89,10 +111,30 @@ def observed_grids(probe: Probe) -> list[tuple[int, int]]:
     return grids
 
 
-def judge(record: ModuleRecord, ctx: Context) -> Judgement:
-    """Every diagnostic that makes (or would make) ``record`` fail as a Grad-CAM target."""
-    j = Judgement(record.name)
-    name = record.name
+def call_out_of_range(module: str, count: int, index: int) -> Judgement:
+    """HD102 for ``NAME#k`` when the module made k calls or fewer (``count``): that call never happens."""
+    j = Judgement(call_name(module, index), module_name=module, call_index=index, calls=count)
+    made = "never runs" if not count else "runs once" if count == 1 else f"runs {count} times"
+    valid = f" (`{module}#0`" + (f" to `{module}#{count - 1}`)" if count > 1 else ")") if count else ""
+    j.add(
+        "HD102",
+        f"`{module}` {made} per forward pass, so its call {index} never happens and a hook on it would never "
+        "fire.",
+        f"Name a call that happens{valid}; calls count from 0 in execution order."
+        if count
+        else "Choose a module that runs; the report lists each module with its call count.",
+    )
+    return j
+
+
+def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> Judgement:
+    """Every diagnostic that makes (or would make) ``record`` fail as a Grad-CAM target.
+
+    With ``call_index``, only that call of the module is judged (``NAME#k``); the caller
+    makes sure the call happened (``call_out_of_range`` otherwise).
+    """
+    name = record.name if call_index is None else call_name(record.name, call_index)
+    j = Judgement(name, module_name=record.name, call_index=call_index, calls=len(record.calls))
     if not record.calls and isinstance(record.module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
         j.holds_only = True
         j.add(
@@ -109,14 +151,15 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
             "Choose a module that runs; the report lists each module with its call count.",
         )
         return j
-    call = record.calls[0]
+    call = record.calls[call_index or 0]
     j.call = call
-    if len(record.calls) > 1:
+    if call_index is None and len(record.calls) > 1:
         j.add(
             "HD103",
             f"`{name}` runs {len(record.calls)} times per forward pass; pytorch-grad-cam would use the "
             "first call and Captum the last.",
-            "Hook a module that runs once, such as the block that contains it.",
+            f"Hook a module that runs once, such as the block that contains it, or one call of it: "
+            f"`{name}#k` (k from 0 to {len(record.calls) - 1}) gives a spec that routes that call alone.",
         )
     if not call.is_tensor:
         j.add(
@@ -170,6 +213,17 @@ def judge(record: ModuleRecord, ctx: Context) -> Judgement:
             "HD306",
             f"`{name}` does not depend on the input image (its output needs no gradient even when the image does).",
             "Hook a layer computed from the image.",
+        )
+        return j
+    # Checked before the gradient: the probe differentiates towards the input only, so another
+    # view's call has no gradient recorded although the score depends on it.
+    if call_index is not None and not ctx.grad_graph.depends_on(call.grad_fn, probe.input_image):
+        j.other_input = True
+        j.add(
+            "HD306",
+            f"Call {call_index} of `{record.name}` does not see the explained input: its output is not computed "
+            "from it (it processes another input, such as the other view of a siamese model).",
+            f"Name the call of `{record.name}` that processes the explained input, or explain the other input.",
         )
         return j
     if call.grad is None:

@@ -6,9 +6,16 @@ sequence over the input, receives gradient from the score at every image cell, l
 outside the attention internals, and - checked on the probe's own graph - has cells that
 line up with the input and a working map. Among modules returning the same tensor, the
 deepest one with children (a block boundary) is named.
+
+A module that runs several times (a shared encoder, a recurrent block, a weight-tied
+decoder) offers each of its calls as a candidate of its own, ``NAME#k``; the spec for one
+call routes that call alone to the libraries (``CallRouter``). Where a module that runs
+once returns the same tensor, that module is named instead: it needs no routing.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from torch import nn
 
@@ -17,21 +24,48 @@ from hookdoctor.checks.layers import (
     NO_GRADIENT_FIX,
     Context,
     Judgement,
+    call_name,
+    call_out_of_range,
     judge,
     layout_notes,
     observed_grids,
+    split_call,
 )
 from hookdoctor.geometry.layout import Layout, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.model.tree import module_kind
-from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
-from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
+from hookdoctor.specs.gradcam import CallRouter, GradCAMSpec, ScoreModel
 
 # Recommending a layer stops after this many candidates failed the locality or map check.
 _MAX_TRIES = 12
+
+
+def call_verdict(
+    name: str, verdicts: dict[str, LayerVerdict], aliases: dict[str, str], calls: dict[str, int]
+) -> LayerVerdict | None:
+    """The verdict for ``NAME#k`` from the verdicts ``inspect`` kept; None when NAME is no module.
+
+    Works after the probe is gone: every call of a module that ran several times has a
+    verdict already; call 0 of a module that ran once is the module itself; any other k
+    gets HD102 with the number of calls the module made.
+    """
+    split = split_call(name)
+    if split is None:
+        return None
+    module, index = split
+    module = aliases.get(module, module)  # the same module object under a second name
+    if module not in calls:
+        return None
+    judged = call_name(module, index)
+    if judged in verdicts:
+        return dataclasses.replace(verdicts[judged], name=name)
+    if index == 0 and calls[module] == 1:
+        return dataclasses.replace(verdicts[module], name=name)
+    j = call_out_of_range(module, calls[module], index)
+    return LayerVerdict(name=name, usable=False, diagnostics=list(j.diagnostics))
 
 
 class GradCAMAnalysis:
@@ -51,11 +85,18 @@ class GradCAMAnalysis:
         self.attention_sites = attention_sites
         self.context = Context(
             probe=probe,
-            grad_graph=GradGraph(probe.score.value, list(inner.parameters())),
+            grad_graph=probe.graph,
             prefix_hint=prefix_token_hint(inner),
             observed_grids=observed_grids(probe),
         )
         self.judgements = {name: judge(record, self.context) for name, record in probe.records.items()}
+        # Each call of a module that runs several times, judged on its own (cheap: no locality probe).
+        self.call_judgements = {
+            call_name(name, index): judge(record, self.context, index)
+            for name, record in probe.records.items()
+            if len(record.calls) > 1
+            for index in range(len(record.calls))
+        }
         self.negative_evidence: list[str] = []
         self.coarse: list[str] = []  # layers whose cells keep the image's order only (the relaxed locality test)
 
@@ -96,7 +137,7 @@ class GradCAMAnalysis:
                     method=GRADCAM,
                 )
             )
-        elif not score.value.requires_grad:
+        elif not score.has_gradient:
             found.append(
                 Diagnostic.of(
                     "HD203",
@@ -130,24 +171,49 @@ class GradCAMAnalysis:
             )
         return found
 
+    # -- layer names ----------------------------------------------------------------------
+    def judgement(self, name: str) -> Judgement | None:
+        """The judgement for a module name or one call of it (``NAME#k``); None for an unknown module."""
+        if name in self.judgements:
+            return self.judgements[name]
+        split = split_call(name)
+        if split is None or split[0] not in self.probe.records:
+            return None
+        if name in self.call_judgements:
+            return self.call_judgements[name]
+        module, index = split
+        record = self.probe.records[module]
+        if index == 0 and len(record.calls) == 1:
+            return self.judgements[module]  # the only call: the module itself, no routing needed
+        return call_out_of_range(module, len(record.calls), index)
+
+    def verdict_names(self) -> list[str]:
+        """Every module, and every call of the modules that run several times."""
+        return [*self.judgements, *self.call_judgements]
+
     # -- recommendation -------------------------------------------------------------------
     def _is_attention_internal(self, name: str) -> bool:
         return any(name == site or name.startswith(site + ".") for site in self.attention_sites)
 
     def _candidates(self) -> list[Judgement]:
         found = []
-        for name, j in self.judgements.items():
+        for j in [*self.judgements.values(), *self.call_judgements.values()]:
             if not j.usable or j.layout is None or j.call is None:
                 continue
-            kind = module_kind(self.probe.records[name].module)
-            if kind in ("pooling", "dropout") or self._is_attention_internal(name):
+            kind = module_kind(self.probe.records[j.module_name].module)
+            if kind in ("pooling", "dropout") or self._is_attention_internal(j.module_name):
                 continue
             found.append(j)
         return sorted(found, key=lambda j: j.first_call.order, reverse=True)
 
     def _representative(self, group: list[Judgement]) -> Judgement:
-        """Of the modules returning the same tensor, the deepest one with children (a block), else the creator."""
-        blocks = [j for j in group if next(self.probe.records[j.name].module.children(), None) is not None]
+        """Of the modules returning the same tensor, the deepest one with children (a block), else the creator.
+
+        Modules that run once come first: naming one of them needs no per-call routing.
+        """
+        once = [j for j in group if j.call_index is None]
+        group = once or group
+        blocks = [j for j in group if next(self.probe.records[j.module_name].module.children(), None) is not None]
         if blocks:
             return max(blocks, key=lambda j: (j.name.count("."), -j.first_call.order))
         return min(group, key=lambda j: j.first_call.order)
@@ -160,11 +226,20 @@ class GradCAMAnalysis:
         none of whose layouts lines up gets HD306.
         """
         call = j.first_call
-        layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay)), None)
+        image = self.probe.input_image
+        # A grid reached only through position-keeping operations lines up by construction:
+        # the locality test (backward passes as costly as the probe's) is for the others.
+        by_construction = not self.context.grad_graph.may_move_positions(call.grad_fn, image)
+        layout = next(
+            (
+                lay
+                for lay in j.layouts
+                if (by_construction and lay.kind == "NCHW") or lines_up(call.output_tensor, image, lay)
+            ),
+            None,
+        )
         if layout is None:
-            layout = next(
-                (lay for lay in j.layouts if lines_up(call.output_tensor, self.probe.image, lay, strict=False)), None
-            )
+            layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay, strict=False)), None)
             if layout is not None:
                 self.coarse.append(j.name)
         if layout is not None:
@@ -186,11 +261,14 @@ class GradCAMAnalysis:
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
         found: list[Diagnostic] = []
         for name in requested:
-            j = self.judgements.get(name)
+            j = self.judgement(name)
             if j is not None and j.usable and j.layout is not None:
                 layout = self._confirm(j)
                 if layout is not None:
-                    spec, notes = self._spec(j, layout, (f"`{name}` was named and works",))
+                    reasons: tuple[str, ...] = (f"`{name}` was named and works",)
+                    if j.call_index is not None:
+                        reasons += (self._routing(j),)
+                    spec, notes = self._spec(j, layout, reasons, why="it is the call you named")
                     return spec, found + notes
         candidates = self._candidates()
         tried: set[int] = set()
@@ -204,12 +282,16 @@ class GradCAMAnalysis:
             choice = self._representative(group)
             layout = self._confirm(choice)
             if layout is not None:
+                first = "the last layer (in execution order) that runs once and returns a plain tensor"
+                why = self._why_call(choice) if choice.call_index is not None else ""
+                if why:
+                    first = f"{self._routing(choice)}: {why}"
                 reasons = (
-                    "the last layer (in execution order) that runs once and returns a plain tensor",
+                    first,
                     f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
                     "receives gradient from the score at every image cell and is not rewritten in place",
                 )
-                spec, notes = self._spec(choice, layout, reasons)
+                spec, notes = self._spec(choice, layout, reasons, why)
                 return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
             attempts += 1
             if attempts >= _MAX_TRIES:
@@ -225,8 +307,33 @@ class GradCAMAnalysis:
         )
         return None, found
 
+    @staticmethod
+    def _routing(j: Judgement) -> str:
+        return (
+            f"`{j.module_name}` runs {j.calls} times per forward pass; the spec routes call {j.call_index} "
+            "alone to the library"
+        )
+
+    def _why_call(self, j: Judgement) -> str:
+        """Why the recommended call of a shared module: which call it is, and what the other calls lack."""
+        index = j.call_index or 0
+        others = [self.call_judgements[call_name(j.module_name, c)] for c in range(j.calls) if c != index]
+        elsewhere = [str(o.call_index) for o in others if o.other_input]
+        failing = [o for o in others if not o.other_input and (o.call_index or 0) > index]
+        why = []
+        if elsewhere:
+            listed = ", ".join(elsewhere)
+            why.append(f"it is the call that sees the explained input (call {listed} processes another input)")
+        if failing:
+            codes = sorted({d.code for o in failing for d in o.diagnostics if d.severity == "error"})
+            listed = ", ".join(str(o.call_index) for o in failing)
+            why.append(f"the later call {listed} gives no working map ({', '.join(codes) or 'an empty map'})")
+        if not why:
+            why.append("it is the last call (in execution order) that gives a working map")
+        return "; ".join(why)
+
     def _negative_evidence_notes(self, chosen: str | None, only: str | None = None) -> list[Diagnostic]:
-        target = int(self.probe.score.target[0])
+        target = self.probe.score.target
         instead = f"; the spec uses `{chosen}` instead" if chosen else ""
         return [
             Diagnostic.of(
@@ -255,6 +362,24 @@ class GradCAMAnalysis:
             )
         ]
 
+    def _call_note(self, j: Judgement, why: str = "") -> list[Diagnostic]:
+        """HD103 as info for one call (``NAME#k``): the spec routes that call alone, so the reuse is handled."""
+        if j.call_index is None:
+            return []
+        chosen = f"; the spec explains call {j.call_index}: {why}" if why else ""
+        return [
+            Diagnostic.of(
+                "HD103",
+                f"`{j.module_name}` runs {j.calls} times per forward pass and a hook on it fires on every call "
+                f"(pytorch-grad-cam keeps the first, Captum the last){chosen}.",
+                f"The spec's .model routes call {j.call_index} alone through an identity module, the spec's .layer, "
+                "so the library hooks that call and nothing else.",
+                layer=j.name,
+                method=GRADCAM,
+                severity="info",
+            )
+        ]
+
     def _grad_note(self, j: Judgement) -> Diagnostic | None:
         """HD005 when the layer's output would not require grad in the user's own call."""
         trainable_path = self.context.grad_graph.needs_trainable_parameters(j.first_call.grad_fn)
@@ -270,13 +395,15 @@ class GradCAMAnalysis:
         )
 
     def verdict(self, name: str) -> LayerVerdict:
-        """Everything known about one layer: its failures, and what a spec for it would handle."""
-        j = self.judgements[name]
+        """Everything known about one layer (or one call, ``NAME#k``): its failures, and what a spec would handle."""
+        j = self.judgement(name)
+        if j is None:
+            raise KeyError(name)
         layout = j.layout
         notes: list[Diagnostic] = []
         if j.usable and layout is not None:
             grad_note = self._grad_note(j)
-            notes = layout_notes(j, layout) + ([grad_note] if grad_note else [])
+            notes = layout_notes(j, layout) + ([grad_note] if grad_note else []) + self._call_note(j)
         if name in self.negative_evidence:
             notes += self._negative_evidence_notes(None, only=name)
         notes += self._coarse_notes(name)
@@ -289,7 +416,9 @@ class GradCAMAnalysis:
             prefix_tokens=layout.prefix_tokens if layout else None,
         )
 
-    def _spec(self, j: Judgement, layout: Layout, reasons: tuple[str, ...]) -> tuple[GradCAMSpec, list[Diagnostic]]:
+    def _spec(
+        self, j: Judgement, layout: Layout, reasons: tuple[str, ...], why: str = ""
+    ) -> tuple[GradCAMSpec, list[Diagnostic]]:
         score = self.probe.score
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
@@ -299,19 +428,29 @@ class GradCAMAnalysis:
         else:
             template = self.model_input if extra_args else None
             score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
-        notes = layout_notes(j, layout) + ([grad_note] if grad_note else []) + self._coarse_notes(j.name)
+        notes = (
+            layout_notes(j, layout)
+            + ([grad_note] if grad_note else [])
+            + self._coarse_notes(j.name)
+            + self._call_note(j, why)
+        )
         score_text = score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
+        layer = self.probe.records[j.module_name].module
+        if j.call_index is not None:
+            score_model = CallRouter(score_model, layer, j.call_index, j.module_name)
+            layer = score_model.call_view
         spec = GradCAMSpec(
             layer_name=j.name,
-            layer=self.probe.records[j.name].module,
+            layer=layer,
             reshape_transform=layout.transform(),
             model=score_model,
             grid=layout.grid,
             layout=layout,
             reasons=reasons,
             score=score_text,
+            call_index=j.call_index,
             input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes
@@ -326,7 +465,7 @@ class GradCAMAnalysis:
         """
         dead = [name for name, j in self.judgements.items() if j.cut_off is not None]
         instead = f"; the spec uses `{spec.layer_name}` instead" if spec is not None else ""
-        live = spec.layer_name if spec is not None else ""
+        live = spec.module_name if spec is not None else ""
         included: list[str] = []
         for name in sorted(dead, key=lambda n: (n.count("."), n)):
             if module_kind(self.probe.records[name].module) not in ("block", "norm"):

@@ -118,8 +118,15 @@ Choose a module that runs: the report lists every module with its call count."""
 networks call the same module on several inputs. pytorch-grad-cam keeps the first call,
 Captum and torchcam the last, and the map of one call is stretched over the whole image.
 
-Hook a module that runs once, such as the block that contains the reused module, or a
-per-branch wrapper.""",
+Hook a module that runs once, such as the block that contains the reused module. Where
+the call you mean has no such module (the query branch of a siamese encoder, the last step
+of a recurrent block, one stage of a weight-tied decoder), name the call: `NAME#k` is call
+k of NAME, counting from 0 (`--layer enc#1`, `inspect(..., layer="enc#1")`,
+`report.check_layer("enc#1")`). Its spec has `call_index == k`; its `.model` routes that
+call's output alone through an identity module, which is its `.layer`, so pytorch-grad-cam
+and Captum hook exactly that call, and `spec.code()` writes the routing out. hookdoctor
+recommends such a spec itself when the best layer runs several times, and says which call
+and why (for a two-view model: the call that sees the explained input).""",
     ),
     Code(
         "HD104", "tuple-output", _SITE, "error",

@@ -4,7 +4,8 @@ Nodes are autograd functions (``grad_fn``), edges point from a function to the f
 it passes gradients to. "Does this layer's output need the input to require grad?" is
 whether a trainable parameter's ``AccumulateGrad`` lies below it; "why does no gradient
 reach the patch tokens?" is the chain of token picks (``SelectBackward0``) on the
-shortest path from the score to the layer.
+shortest path from the score to the layer; "does this call of a shared module see the
+explained input?" is whether the input's ``AccumulateGrad`` lies below it.
 """
 
 from __future__ import annotations
@@ -16,25 +17,44 @@ import torch
 
 # Autograd functions that pick part of a tensor: the CLS pick of a ViT head is one.
 _PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", "SplitBackward", "NarrowBackward")
+# Operations that keep every value at its spatial position (convolutions, per-position or
+# per-channel arithmetic, normalisation, local pooling, resampling, global context that is
+# broadcast back): a map made only of these lines up with the input by construction.
+# Anything else (reshapes, permutes, token mixing, flips, concatenation, indexing) may
+# move positions, and the locality test decides.
+_KEEP_POSITIONS = (
+    "ConvolutionBackward", "CudnnConvolutionBackward", "MkldnnConvolutionBackward", "SlowConv2DBackward",
+    "NativeBatchNormBackward", "CudnnBatchNormBackward", "NativeGroupNormBackward",
+    "ReluBackward", "ThresholdBackward", "HardtanhBackward", "LeakyReluBackward", "GeluBackward", "SiluBackward",
+    "HardswishBackward", "HardsigmoidBackward", "SigmoidBackward", "TanhBackward", "EluBackward", "MishBackward",
+    "AddBackward", "SubBackward", "MulBackward", "DivBackward", "CloneBackward", "ToCopyBackward",
+    "MaxPool2DWithIndicesBackward", "AvgPool2DBackward", "AdaptiveAvgPool2DBackward", "MeanBackward",
+    "ExpandBackward", "UpsampleNearest2DBackward", "UpsampleBilinear2DBackward", "AccumulateGrad",
+)
 
 
 class GradGraph:
     def __init__(self, score: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
         self.graph = nx.DiGraph()
-        self.root = score.grad_fn
+        # Nodes are keyed by id(): the graph holds no autograd object, so it outlives the pass.
+        # Every visited function stays referenced while the graph is built, so no id is reused.
+        self.root: int | None = id(score.grad_fn) if score.grad_fn is not None else None
         trainable = {id(p) for p in parameters if p.requires_grad}
         trainable_leaves: list[int] = []
-        stack = [self.root] if self.root is not None else []
-        seen: set[int] = set()
+        self._leaves: dict[int, int] = {}  # id(leaf tensor) -> its AccumulateGrad node
+        stack = [score.grad_fn] if score.grad_fn is not None else []
+        visited: dict[int, Any] = {}
         while stack:
             fn = stack.pop()
-            if id(fn) in seen:
+            if id(fn) in visited:
                 continue
-            seen.add(id(fn))
+            visited[id(fn)] = fn
             self.graph.add_node(id(fn), op=type(fn).__name__)
             variable = getattr(fn, "variable", None)
-            if variable is not None and id(variable) in trainable:
-                trainable_leaves.append(id(fn))
+            if variable is not None:
+                self._leaves[id(variable)] = id(fn)
+                if id(variable) in trainable:
+                    trainable_leaves.append(id(fn))
             for next_fn, _ in getattr(fn, "next_functions", ()):
                 if next_fn is None:
                     continue
@@ -44,6 +64,7 @@ class GradGraph:
         self._above_trainable: set[int] = set(trainable_leaves)
         for leaf in trainable_leaves:
             self._above_trainable |= nx.descendants(reversed_view, leaf)
+        self._above_leaf: dict[int, set[int]] = {}
 
     def reaches(self, grad_fn: Any) -> bool:
         """True when the score depends on the tensor produced by ``grad_fn``."""
@@ -53,10 +74,36 @@ class GradGraph:
         """True when a trainable parameter lies below: the output requires grad without input grad."""
         return grad_fn is not None and id(grad_fn) in self._above_trainable
 
+    def depends_on(self, grad_fn: Any, leaf: torch.Tensor) -> bool:
+        """True when the tensor produced by ``grad_fn`` is computed from ``leaf`` (a tensor that requires grad)."""
+        above_leaf = self._ancestors_of_leaf(leaf)
+        return grad_fn is not None and above_leaf is not None and id(grad_fn) in above_leaf
+
     def picks_between(self, grad_fn: Any) -> list[str]:
         """The token/element picks on the shortest path from the score to ``grad_fn``."""
         if self.root is None or not self.reaches(grad_fn):
             return []
-        path = nx.shortest_path(self.graph, id(self.root), id(grad_fn))
+        path = nx.shortest_path(self.graph, self.root, id(grad_fn))
         ops = [self.graph.nodes[n]["op"] for n in path[1:-1]]
         return [op for op in ops if op.startswith(_PICKS)]
+
+    def _ancestors_of_leaf(self, leaf: torch.Tensor) -> set[int] | None:
+        """The graph's nodes computed from ``leaf`` (None when the score does not depend on it)."""
+        node = self._leaves.get(id(leaf))
+        if node is None:
+            return None
+        if id(leaf) not in self._above_leaf:
+            self._above_leaf[id(leaf)] = nx.ancestors(self.graph, node) | {node}
+        return self._above_leaf[id(leaf)]
+
+    def may_move_positions(self, grad_fn: Any, image: torch.Tensor) -> bool:
+        """False when every operation between ``image`` and ``grad_fn`` keeps positions.
+
+        Only the operations on the paths from ``grad_fn`` down to the image count:
+        parameter branches (a weight's transpose) do not move the image's positions.
+        """
+        above_image = self._ancestors_of_leaf(image)
+        if above_image is None or not self.reaches(grad_fn):
+            return True
+        between = (nx.descendants(self.graph, id(grad_fn)) | {id(grad_fn)}) & above_image
+        return not all(self.graph.nodes[n]["op"].startswith(_KEEP_POSITIONS) for n in between)

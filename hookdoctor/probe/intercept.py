@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 _SDPA = torch._C._nn.scaled_dot_product_attention
 _SOFTMAXES = {
@@ -217,18 +217,28 @@ def intercepting(
     sink: EventSink,
     *,
     on_path: bool = True,
-    module_sink: Callable[[str, nn.Module, Any], None] | None = None,
+    module_sink: Callable[[str, nn.Module, tuple[Any, ...], Any], None] | None = None,
 ) -> Iterator[None]:
     """Within the block, every attention op run inside ``model`` is reported to ``sink``.
 
-    ``module_sink(name, module, output)`` is called after each module's forward when given
-    (used to see patch-embedding grids). Hooks and the mode are gone when the block exits.
+    ``module_sink(name, module, args, output)`` is called after each module's forward when
+    given: the probe records every module call through it, so one set of hooks serves
+    both. Hooks and the mode are gone when the block exits.
+
+    The mode is also active whenever one of the model's modules runs inside the block while
+    it is not - a checkpointed model recomputes its forward inside ``torch.autograd.grad``,
+    where torch has popped the mode, and must see the same operations as the first time.
     """
     stack: list[_Frame] = []
     handles = []
+    mode = _AttentionMode(stack, sink, on_path=on_path)
+    reentered: list[nn.Module] = []  # modules whose pre-hook had to re-enter the mode
 
     def push(name: str) -> Callable[..., None]:
         def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if mode not in _get_current_function_mode_stack():
+                mode.__enter__()
+                reentered.append(module)
             stack.append((name, module, _first_tensor_shape(args, kwargs)))
 
         return pre_hook
@@ -240,8 +250,11 @@ def intercepting(
                 stack.pop()
             if stack:
                 stack.pop()
+            if reentered and reentered[-1] is module:
+                reentered.pop()
+                mode.__exit__(None, None, None)
             if module_sink is not None:
-                module_sink(name, module, output)
+                module_sink(name, module, args, output)
 
         return hook
 
@@ -253,7 +266,7 @@ def intercepting(
             seen.add(id(module))
             handles.append(module.register_forward_pre_hook(push(name), with_kwargs=True))
             handles.append(module.register_forward_hook(pop(name), always_call=True))
-        with _AttentionMode(stack, sink, on_path=on_path):
+        with mode:
             yield
     finally:
         for handle in handles:

@@ -1,138 +1,36 @@
-"""The one probe pass: a forward with a hook on every module, and a backward from the score.
+"""The one recorded pass: one forward under attention interception, one backward from the score.
 
-For every module it records how often it ran, what it returned, and whether a later
-in-place operation rewrote that output; for every call whose output could be a map
-(3-D or 4-D, batch first) it keeps the activation (alive in the graph anyway) and
-statistics of the score's gradient with respect to it - energy per position and mean per
-channel - which is all Grad-CAM and the checks need; the gradients themselves are dropped.
-Checks read these records and never run the model themselves.
+The forward runs with one pair of hooks on every module (``intercepting``): they keep the
+stack of running modules that attributes each attention computation to its module, and
+record every module call - how often it ran, what it returned, and (through tensor
+version counters) whether a later in-place operation rewrote that output. Fused attention
+gets its probabilities computed beside it, on the gradient path, with outputs bit for bit
+the model's own. Whether the forward drew from the random number generator is read off
+the RNG state, which costs nothing (HD006).
+
+The backward differentiates the explained score once with respect to the input. Tensor
+hooks, removed right after it, turn the gradient at every 3-D/4-D module output into
+statistics (``GradStats``) and the gradient at every captured attention into its energy
+per query row. The autograd graph below the score becomes a ``GradGraph``. The graph is
+retained for the locality test; ``Probe.release`` drops it with every activation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from hookdoctor.errors import InputError, ModelRunError
-from hookdoctor.geometry.layout import MAX_PREFIX_TOKENS, Layout
 from hookdoctor.model.inputs import ModelInput
-from hookdoctor.model.outputs import OutputSelector, describe, find_score, primary_tensor, select_output
-
-
-@dataclass(frozen=True)
-class GradStats:
-    """What Grad-CAM and the checks need of one gradient, for every layout it could have."""
-
-    energy: dict[str, torch.Tensor]  # layout -> |grad| summed per position: [H*W] or [T]
-    channel_mean: dict[str, torch.Tensor]  # layout -> grad averaged over positions: [B, C]
-    leading_tokens: torch.Tensor | None  # tokens: grad of the first MAX_PREFIX_TOKENS tokens [B, k, C]
-    num_tokens: int = 0
-
-    @classmethod
-    def of(cls, grad: torch.Tensor) -> GradStats:
-        grad = grad.detach()
-        if grad.dim() == 4:
-            return cls(
-                energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},
-                channel_mean={"NCHW": grad.mean((2, 3)), "NHWC": grad.mean((1, 2))},
-                leading_tokens=None,
-            )
-        return cls(
-            energy={"tokens": grad.abs().sum((0, 2))},
-            channel_mean={"tokens": grad.sum(1)},  # a sum here: the prefix is taken out per layout
-            leading_tokens=grad[:, :MAX_PREFIX_TOKENS].clone(),
-            num_tokens=int(grad.shape[1]),
-        )
-
-    def cell_energy(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Gradient energy per image cell, and per prefix token (token layouts only)."""
-        energy = self.energy[layout.kind]
-        if layout.kind != "tokens":
-            return energy, None
-        return energy[layout.prefix_tokens :], energy[: layout.prefix_tokens]
-
-    def channel_weights(self, layout: Layout) -> torch.Tensor:
-        """Grad-CAM's weights: the gradient averaged over the layer's image cells, ``[B, C]``."""
-        if layout.kind != "tokens":
-            return self.channel_mean[layout.kind]
-        assert self.leading_tokens is not None  # set for every token (3-D) gradient
-        prefix = self.leading_tokens[:, : layout.prefix_tokens].sum(1)
-        return (self.channel_mean["tokens"] - prefix) / (self.num_tokens - layout.prefix_tokens)
-
-
-@dataclass
-class CallRecord:
-    """One call of one module."""
-
-    order: int
-    structure: str
-    is_tensor: bool
-    tensor: torch.Tensor | None
-    version_at_hook: int
-    requires_grad: bool
-    grad_fn: Any = None
-    grad_enabled: bool = True  # False when the forward ran this module under no_grad / inference_mode
-    version_after: int = -1
-    grad: GradStats | None = None
-
-    @property
-    def shape(self) -> tuple[int, ...] | None:
-        return tuple(self.tensor.shape) if self.tensor is not None else None
-
-    @property
-    def output_tensor(self) -> torch.Tensor:
-        """The tensor this call returned (or the first one it returned); only for calls that have one."""
-        if self.tensor is None:
-            raise ValueError("this call returned no tensor")
-        return self.tensor
-
-    @property
-    def grad_stats(self) -> GradStats:
-        """The gradient statistics; only for calls the score's gradient reached."""
-        if self.grad is None:
-            raise ValueError("no gradient reached this call")
-        return self.grad
-
-    @property
-    def overwritten(self) -> bool:
-        return self.version_after != self.version_at_hook
-
-
-@dataclass
-class ModuleRecord:
-    name: str
-    module: nn.Module
-    calls: list[CallRecord] = field(default_factory=list)
-    first_input: torch.Tensor | None = None
-
-
-@dataclass
-class Score:
-    """What the probe differentiated, and what the spec's model wrapper must return."""
-
-    selector: OutputSelector
-    other_heads: list[str]
-    output_structure: str
-    selected: torch.Tensor  # the selected score as the model returns it
-    target: torch.Tensor  # [B] class per sample
-    pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
-    saturated: bool
-    zero_head: str | None  # name of a zero-initialised head (surrogate score used)
-    value: torch.Tensor
-
-
-@dataclass
-class Probe:
-    records: dict[str, ModuleRecord]
-    score: Score
-    image: torch.Tensor  # the input that required grad
-    image_hw: tuple[int, int]
-    batch: int
-    input_gradient_zero: bool
-    grad_enabled_by_user: bool
+from hookdoctor.model.outputs import describe, find_score, primary_tensor, select_output
+from hookdoctor.probe.gradpath import GradGraph
+from hookdoctor.probe.intercept import AttentionEvent, intercepting
+from hookdoctor.probe.record import AttentionCall, CallRecord, GradStats, ModuleRecord, Probe, Score
+from hookdoctor.probe.sites import SiteNamer
 
 
 def _surrogate_score(features: torch.Tensor) -> torch.Tensor:
@@ -143,7 +41,7 @@ def _surrogate_score(features: torch.Tensor) -> torch.Tensor:
 
 
 def _input_gradient(value: torch.Tensor, image: torch.Tensor) -> torch.Tensor | None:
-    """d value / d image through the probe's graph (firing the layer hooks), None if not connected."""
+    """d value / d image through the probe's graph (firing the tensor hooks), None if not connected."""
     if not value.requires_grad:  # the forward ran the head under no_grad or detached the score
         return None
     try:
@@ -168,76 +66,171 @@ def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
     return torch.full((logits.shape[0],), int(target), dtype=torch.long, device=logits.device)
 
 
-def run_probe(
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The global RNG states a forward on ``device`` can draw from."""
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place version counter (inference tensors have none: they cannot be rewritten by autograd)."""
+    return -1 if tensor.is_inference() else int(tensor._version)
+
+
+class _Recorder:
+    """The module-call and attention sinks of the intercepted forward."""
+
+    def __init__(self, model: nn.Module, name_prefix: str, image_batch: int) -> None:
+        self.prefix = name_prefix
+        named = ((name_prefix + name, module) for name, module in model.named_modules() if name)
+        self.records = {name: ModuleRecord(name, module) for name, module in named}
+        self.attention: list[AttentionCall] = []
+        self.namer = SiteNamer(image_batch)
+        self.order = 0
+        self.recording = True
+
+    def on_module(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        record = self.records.get(self.prefix + name) if name and self.recording else None
+        if record is None:
+            return
+        tensor = primary_tensor(output)
+        record.calls.append(
+            CallRecord(
+                order=self.order,
+                structure=describe(output),
+                is_tensor=isinstance(output, torch.Tensor),
+                tensor=tensor,
+                shape=tuple(tensor.shape) if tensor is not None else None,
+                version_at_hook=_version(tensor) if tensor is not None else 0,
+                requires_grad=bool(tensor is not None and tensor.requires_grad),
+                grad_fn=tensor.grad_fn if tensor is not None else None,
+                grad_enabled=torch.is_grad_enabled(),
+            )
+        )
+        self.order += 1
+        if len(record.calls) == 1 and args and isinstance(args[0], torch.Tensor):
+            record.first_input = args[0]
+
+    def on_attention(self, event: AttentionEvent) -> None:
+        site = self.namer.site(event) if self.recording else None
+        if site is not None:
+            self.attention.append(AttentionCall(site, event.probs, event.on_path))
+
+
+def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> list[Any]:
+    """Tensor hooks that turn the score's gradient into statistics; the caller removes them."""
+    handles = []
+    # Containers and in-place activations return the tensor they were given: one hook per
+    # tensor, its statistics shared by every call that returned it.
+    sharing: dict[int, tuple[torch.Tensor, list[CallRecord]]] = {}
+    for record in records.values():
+        for call in record.calls:
+            tensor = call.tensor
+            if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
+                sharing.setdefault(id(tensor), (tensor, []))[1].append(call)
+    for tensor, calls in sharing.values():
+
+        def keep(grad: torch.Tensor, calls: list[CallRecord] = calls) -> None:
+            stats = GradStats.of(grad)
+            for call in calls:
+                call.grad = stats
+
+        handles.append(tensor.register_hook(keep))
+    for seen in attention:
+        probs = seen.probs
+        if seen.on_path and probs is not None and probs.requires_grad:
+
+            def rows(grad: torch.Tensor, seen: AttentionCall = seen) -> None:
+                seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
+
+            handles.append(probs.register_hook(rows))
+    return handles
+
+
+def _forget_gradients(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> None:
+    for record in records.values():
+        for call in record.calls:
+            call.grad = None
+    for seen in attention:
+        seen.row_energy = None
+
+
+@contextmanager
+def recorded_pass(
     model: nn.Module,
     model_input: ModelInput,
     target: int | None,
     name_prefix: str = "",
     output_key: str | int | None = None,
-) -> Probe:
-    """Run ``model`` once forward and once backward. The caller restores the model (``preserved``)."""
+) -> Iterator[Probe]:
+    """Run ``model`` once forward and once backward; the block reads the record.
+
+    The interception stays in place (recording nothing more) until the block ends: a
+    checkpointed model recomputes its forward inside every backward over the recorded
+    graph - the probe's and the locality test's - and must see the same operations again.
+    When the block ends, every hook is gone and the record holds no tensor of the model.
+    The caller restores the model (``preserved``).
+    """
     grad_enabled_by_user = torch.is_grad_enabled()
-    records: dict[str, ModuleRecord] = {}
-    counter = [0]
-    handles = []
-    # Gradient hooks stay on the tensors after the probe; later passes over the same graph
-    # (the locality probe) must not add to what the probe recorded.
-    recording = [True]
+    recorder = _Recorder(model, name_prefix, model_input.batch)
+    with ExitStack() as scope:
+        # Inference mode would make every tensor an inference tensor (no graph, no version
+        # counter): the probe and the checks over its graph need both, whatever the caller's mode.
+        scope.enter_context(torch.inference_mode(False))
+        scope.enter_context(torch.enable_grad())
+        image = model_input.image.detach().clone().requires_grad_(True)
+        rng_before = _rng_states(image.device)
+        scope.enter_context(intercepting(model, recorder.on_attention, on_path=True, module_sink=recorder.on_module))
+        try:
+            output = model_input.with_image(image).call(model)
+        except Exception as exc:  # the user's forward: any failure is theirs to see, in one paragraph
+            raise ModelRunError(
+                f"The model's forward raised {type(exc).__name__}: {exc}. hookdoctor ran it once on an input "
+                f"of shape {tuple(model_input.image.shape)}; check that this is the input the model expects "
+                "(pass example_input=..., or --input-shape on the command line)."
+            ) from exc
+        recorder.recording = False  # a recomputing backward runs the modules again: not new calls
+        rng_after = _rng_states(image.device)
+        consumed_randomness = any(not torch.equal(a, b) for a, b in zip(rng_before, rng_after, strict=True))
+        records = recorder.records
+        for record in records.values():
+            for call in record.calls:
+                if call.tensor is not None:
+                    call.version_after = _version(call.tensor)
+        score, value, input_gradient_zero = _differentiate(
+            records, recorder.attention, output, target, output_key, image
+        )
+        del output
+        probe = Probe(
+            records=records,
+            attention=recorder.attention,
+            score=score,
+            image=image,
+            image_hw=model_input.image_hw,
+            batch=model_input.batch,
+            input_gradient_zero=input_gradient_zero,
+            grad_enabled_by_user=grad_enabled_by_user,
+            consumed_randomness=consumed_randomness,
+            graph=GradGraph(value, list(model.parameters())),
+            score_value=value,
+        )
+        try:
+            yield probe
+        finally:
+            probe.release()  # nothing of the model's tensors or graph outlives the block
 
-    def make_hook(record: ModuleRecord):
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            tensor = primary_tensor(output)
-            call = CallRecord(
-                order=counter[0],
-                structure=describe(output),
-                is_tensor=isinstance(output, torch.Tensor),
-                tensor=tensor,
-                version_at_hook=tensor._version if tensor is not None else 0,
-                requires_grad=bool(tensor is not None and tensor.requires_grad),
-                grad_fn=tensor.grad_fn if tensor is not None else None,
-                grad_enabled=torch.is_grad_enabled(),
-            )
-            counter[0] += 1
-            if not record.calls and inputs and isinstance(inputs[0], torch.Tensor):
-                record.first_input = inputs[0]
-            record.calls.append(call)
-            if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
 
-                def keep(grad: torch.Tensor, call: CallRecord = call) -> None:
-                    if recording[0]:
-                        call.grad = GradStats.of(grad)
-
-                tensor.register_hook(keep)
-
-        return hook
-
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        full_name = name_prefix + name
-        records[full_name] = ModuleRecord(full_name, module)
-        handles.append(module.register_forward_hook(make_hook(records[full_name])))
-
-    image = model_input.image.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            try:
-                output = model_input.with_image(image).call(model)
-            except Exception as exc:  # the user's forward: any failure is theirs to see, in one paragraph
-                raise ModelRunError(
-                    f"The model's forward raised {type(exc).__name__}: {exc}. hookdoctor ran it once on an input "
-                    f"of shape {tuple(model_input.image.shape)}; check that this is the input the model expects "
-                    "(pass example_input=..., or --input-shape on the command line)."
-                ) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    for record in records.values():
-        for call in record.calls:
-            if call.tensor is not None:
-                call.version_after = call.tensor._version
-
+def _differentiate(
+    records: dict[str, ModuleRecord],
+    attention: list[AttentionCall],
+    output: Any,
+    target: int | None,
+    output_key: str | int | None,
+    image: torch.Tensor,
+) -> tuple[Score, torch.Tensor, bool]:
+    """Pick the score from ``output`` and run the one backward (a surrogate one for a zero head)."""
     found = find_score(output) if output_key is None else (select_output(output, output_key), [])
     if found is None:
         raise InputError(
@@ -259,43 +252,33 @@ def run_probe(
         scored = producer.first_input
     saturated = pre_activation is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
     target_idx = _target_indices(scored, target)
-    with torch.enable_grad():  # the caller may be under no_grad
+    handles = _gradient_hooks(records, attention)
+    try:
         value = scored.gather(1, target_idx[:, None]).sum()
         input_grad = _input_gradient(value, image)
-    input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
-    zero_head = None
-    if input_gradient_zero:
-        head = _zero_initialised_head(records, scored)
-        if head is not None and head.first_input is not None:
-            zero_head = head.name
-            for record in records.values():
-                for call in record.calls:
-                    call.grad = None
-            with torch.enable_grad():
+        input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
+        zero_head = None
+        if input_gradient_zero:
+            head = _zero_initialised_head(records, scored)
+            if head is not None and head.first_input is not None:
+                zero_head = head.name
+                _forget_gradients(records, attention)
                 value = _surrogate_score(head.first_input)
                 _input_gradient(value, image)
-    recording[0] = False
-
+    finally:
+        for handle in handles:  # a hook left on a tensor would keep the call record, and the graph, alive
+            handle.remove()
     score = Score(
         selector=selector,
         other_heads=other_heads,
         output_structure=describe(output),
-        selected=logits.detach(),
-        target=target_idx,
+        target=int(target_idx[0]),
         pre_activation=pre_activation,
         saturated=saturated,
         zero_head=zero_head,
-        value=value,
+        has_gradient=value.requires_grad,
     )
-    return Probe(
-        records=records,
-        score=score,
-        image=image,
-        image_hw=model_input.image_hw,
-        batch=model_input.batch,
-        input_gradient_zero=input_gradient_zero and zero_head is None,
-        grad_enabled_by_user=grad_enabled_by_user,
-    )
+    return score, value, input_gradient_zero and zero_head is None
 
 
 def _producer(records: dict[str, ModuleRecord], tensor: torch.Tensor) -> ModuleRecord | None:

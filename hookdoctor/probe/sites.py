@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -102,52 +102,27 @@ def classify(event: AttentionEvent, image_batch: int) -> Mixes | None:
     return "tokens"
 
 
-@dataclass
-class Observation:
-    """What one intercepted forward saw: the sites, their probabilities, patch grids, the output."""
+class SiteNamer:
+    """Turns the attention events of one forward into ``AttentionSite``s, counting calls per module."""
 
-    sites: list[AttentionSite] = field(default_factory=list)
-    probs: list[torch.Tensor] = field(default_factory=list)
-    on_path: list[bool] = field(default_factory=list)
-    grids: list[tuple[int, int]] = field(default_factory=list)
-    output: Any = None
+    def __init__(self, image_batch: int) -> None:
+        self.image_batch = image_batch
+        self.calls: Counter[str] = Counter()
+        self.count = 0
 
-
-def observe(model: nn.Module, model_input: ModelInput, *, grad: bool = False) -> Observation:
-    """Run ``model`` once (eval mode, model restored afterwards) and record its attention.
-
-    With ``grad=True`` the forward builds a graph and fused attention is kept on the
-    gradient path (see ``_intercept``); otherwise it runs under ``no_grad``.
-    """
-    seen = Observation()
-    calls: Counter[str] = Counter()
-    batch = model_input.batch
-
-    def on_event(event: AttentionEvent) -> None:
-        mixes = classify(event, batch)
+    def site(self, event: AttentionEvent) -> AttentionSite | None:
+        """The site of ``event``, or None when its softmax is not attention at all."""
+        mixes = classify(event, self.image_batch)
         if mixes is None:
-            return
+            return None
         op_batch, heads, tq, tk = (int(s) for s in event.probs.shape)
-        seen.sites.append(
-            AttentionSite(event.module, event.kind, heads, tq, tk, op_batch, mixes, calls[event.module],
-                          len(seen.sites), event.dropout_p, event.weights_requested)
+        site = AttentionSite(
+            event.module, event.kind, heads, tq, tk, op_batch, mixes, self.calls[event.module], self.count,
+            event.dropout_p, event.weights_requested,
         )
-        calls[event.module] += 1
-        seen.probs.append(event.probs)
-        seen.on_path.append(event.on_path)
-
-    def on_module(name: str, module: nn.Module, output: Any) -> None:
-        # A strided convolution over the image is a patch embedding (or a stem): its grid is
-        # the one tokens are laid out on.
-        if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor) and output.dim() == 4:
-            if output.shape[0] == batch and max(module.stride) > 1:
-                seen.grids.append((int(output.shape[-2]), int(output.shape[-1])))
-
-    with preserved(model):
-        model.eval()
-        with torch.set_grad_enabled(grad), intercepting(model, on_event, on_path=grad, module_sink=on_module):
-            seen.output = model_input.call(model)
-    return seen
+        self.calls[event.module] += 1
+        self.count += 1
+        return site
 
 
 def find_attention_sites(model: nn.Module, model_input: ModelInput) -> list[AttentionSite]:
@@ -157,7 +132,19 @@ def find_attention_sites(model: nn.Module, model_input: ModelInput) -> list[Atte
     of a score matrix, and ``multi_head_attention_forward`` calls, each attributed to the
     module running it. The model is left as it was (hooks, mode, settings).
     """
-    return observe(model, model_input).sites
+    namer = SiteNamer(model_input.batch)
+    sites: list[AttentionSite] = []
+
+    def on_event(event: AttentionEvent) -> None:
+        site = namer.site(event)
+        if site is not None:
+            sites.append(site)
+
+    with preserved(model):
+        model.eval()
+        with torch.no_grad(), intercepting(model, on_event, on_path=False):
+            model_input.call(model)
+    return sites
 
 
 def attention_modules(sites: Sequence[AttentionSite]) -> list[str]:

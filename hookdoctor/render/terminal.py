@@ -6,12 +6,20 @@ its code, layer, cause, fix and an ``hookdoctor explain CODE`` pointer, then the
 syntax-highlighted spec. Findings repeated over a stack of blocks are collapsed by
 structure (``blocks.{0..11}.attn``).
 
+Two levels of detail. On a terminal the report is compact, so that it fits a screen and
+the verdict is both the first and the last thing read: errors and warnings in full, info
+findings one line each, the spec, and a closing summary line (as ``ruff`` ends). With
+``verbose`` (``-v``), and whenever the output is not a terminal (pipes, files, CI logs,
+where nobody scrolls and grep wants everything), every finding is shown in full and the
+environment closes the report.
+
 Everything here yields rich renderables; rich itself decides on colour (off for pipes,
 files and ``NO_COLOR``), so the same code gives the plain-text report.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,12 +35,14 @@ from hookdoctor import codes
 from hookdoctor.errors import MethodUnsupportedError
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions, RenderResult
 
     from hookdoctor.render.summary import ModelSummary
     from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
 
 METHOD_TITLES = {"gradcam": "Grad-CAM", "rollout": "attention rollout"}
+# The closing summary line is read at a glance, so it uses the short names.
+SHORT_TITLES = {"gradcam": "Grad-CAM", "rollout": "rollout"}
 SEVERITY_STYLES = {"error": "bold red", "warning": "bold yellow", "info": "bold cyan"}
 # rustc calls its informational diagnostics "note"; hookdoctor keeps the registry's word.
 MARKS = {"ok": ("[✓]", "bold green"), "warn": ("[!]", "bold yellow"), "fail": ("[✗]", "bold red")}
@@ -48,24 +58,55 @@ def render_report(
     tree: bool = False,
     model_summary: ModelSummary | None = None,
     source: str | None = None,
+    verbose: bool = False,
 ) -> Iterator[RenderableType]:
-    """Yield the report's sections in reading order; ``console`` is accepted for rich's protocol."""
-    yield _header(report, source)
+    """Yield the report's sections in reading order.
+
+    The report is compact when ``console`` writes to a terminal and ``verbose`` is False;
+    otherwise (``-v``, a pipe, a file, no console given) every finding is shown in full.
+    """
+    full = full_detail(console, verbose=verbose)
+    yield _header(report, source) if full else _FittedHeader(_header(report, source), _header(report, None))
     yield _verdicts(report)
-    findings = list(_findings(report))
-    if findings:
-        yield Text()
-        yield from findings
-    yield from _specs(report, backend, cam_method)
-    if tree:
-        yield Text()
-        yield Rule("module tree", align="left", style="dim")
-        yield module_tree(report.model_class, report.layers)
-        if model_summary is not None:
+    if full:
+        findings = list(_findings(report))
+        if findings:
             yield Text()
-            yield summary_table(model_summary)
+            yield from findings
+        yield from _specs(report, backend, cam_method, full=True)
+        if tree:
+            yield Text()
+            yield from _tree_section(report, model_summary)
+        yield Text()
+        yield environment_block(report.environment)
+        return
+    # Compact: the verdicts, then ruled sections with no blank lines between them (each rule
+    # already separates), then the closing line. The seed ViT fits in 40 lines this way.
+    sections = [*_compact_findings(report), *_specs(report, backend, cam_method, full=False)]
+    if tree:
+        sections.extend(_tree_section(report, model_summary))
+    if sections:
+        yield Text()
+        yield from sections
     yield Text()
-    yield environment_block(report.environment)
+    yield closing_line(report)
+
+
+def _tree_section(report: Report, model_summary: ModelSummary | None) -> Iterator[RenderableType]:
+    yield Rule("module tree", align="left", style="dim")
+    yield module_tree(report.model_class, report.layers)
+    if model_summary is not None:
+        yield Text()
+        yield summary_table(model_summary)
+
+
+def full_detail(console: Console | None, *, verbose: bool = False) -> bool:
+    """Whether the report is shown in full: asked for, or not read on a screen.
+
+    A terminal gets the compact report; output that is not a terminal (a pipe, a file, a CI
+    log, Jupyter) keeps every detail, since nobody scrolls there and grep wants it all.
+    """
+    return verbose or console is None or not console.is_terminal
 
 
 # --- header and verdicts ------------------------------------------------------------------------
@@ -82,6 +123,18 @@ def _header(report: Report, source: str | None) -> Text:
     return text
 
 
+@dataclass(frozen=True)
+class _FittedHeader:
+    """The compact header stays on one line: where it would wrap, the model's source (which the
+    user has just typed) is left out, never the input shape or the class explained."""
+
+    with_source: Text
+    without_source: Text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.with_source if self.with_source.cell_len <= options.max_width else self.without_source
+
+
 def _verdicts(report: Report) -> Group:
     """One line per check, as in flutter doctor; the findings below say it in full."""
     rows: list[tuple[str, str, Text]] = []
@@ -94,8 +147,7 @@ def _verdicts(report: Report) -> Group:
             reason = _first(mine, "error") or _first(general, "error")
             rows.append(("fail", title, _reason_text(reason) if reason else Text("no working spec")))
         else:
-            state = "warn" if any(d.severity == "warning" for d in mine) else "ok"
-            rows.append((state, title, _spec_summary(spec)))
+            rows.append((_method_state(report, method), title, _spec_summary(spec)))
     for name, verdict in report.layer_verdicts.items():
         rows.append(_layer_verdict_row(name, verdict))
     width = max((len(title) for _, title, _ in rows), default=0)
@@ -110,6 +162,14 @@ def _verdicts(report: Report) -> Group:
         line.append_text(detail)
         lines.append(line)
     return Group(*lines)
+
+
+def _method_state(report: Report, method: str) -> str:
+    """``fail`` without a spec, ``warn`` with a spec and a warning about the method, else ``ok``."""
+    spec = report.gradcam if method == "gradcam" else report.rollout
+    if spec is None:
+        return "fail"
+    return "warn" if any(d.method == method and d.severity == "warning" for d in report.diagnostics) else "ok"
 
 
 def _layer_verdict_row(name: str, verdict: LayerVerdict) -> tuple[str, str, Text]:
@@ -274,25 +334,90 @@ def _index_set(values: list[int]) -> str:
 
 
 def _findings(report: Report) -> Iterator[RenderableType]:
-    findings = group_findings(_all_diagnostics(report))
+    yield from _findings_by_family(group_findings(_all_diagnostics(report)))
+
+
+def _findings_by_family(findings: Sequence[Finding], *, compact: bool = False) -> Iterator[RenderableType]:
+    """Each finding in full, most severe first, under a rule naming its family (``compact``: see
+    ``render_finding``)."""
     by_family: dict[str, list[Finding]] = {}
     for f in sorted(findings, key=lambda f: (codes.SEVERITY_ORDER[f.severity], f.code)):
         by_family.setdefault(codes.get(f.code).family, []).append(f)
     for family, members in by_family.items():
         yield Rule(family, align="left", style="dim")
         for finding in members:
-            yield render_finding(finding)
+            yield render_finding(finding, compact=compact)
 
 
-def render_finding(finding: Finding) -> RenderableType:
-    """rustc style: ``error[HD201]: title``, ``--> layer``, then cause, fix and the pointer."""
+def _compact_findings(report: Report) -> Iterator[RenderableType]:
+    """Errors and warnings in full (they need action), info findings one line each (they don't)."""
+    findings = group_findings(_all_diagnostics(report))
+    serious = [f for f in findings if f.severity != "info"]
+    notes = sorted((f for f in findings if f.severity == "info"), key=lambda f: f.code)
+    yield from _findings_by_family(serious, compact=True)
+    if notes:
+        yield Rule("notes · -v shows why", align="left", style="dim")
+        yield note_lines(notes)
+
+
+_NOTE_LAYER_WIDTH = 40  # longer layer names push their own title right rather than every title
+
+
+def note_lines(notes: Sequence[Finding]) -> Group:
+    """One line per info finding: code, layer, title. The line is cut at the screen's edge
+    (the title ends in "…"), never wrapped, so each note costs exactly one line."""
+    width = min(max((len(n.where or "") for n in notes), default=0), _NOTE_LAYER_WIDTH)
+    lines = []
+    for note in notes:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"{note.severity}[{note.code}]", style=SEVERITY_STYLES[note.severity])
+        if width:
+            line.append(" ")
+            line.append((note.where or "").ljust(width), style="bold")
+        line.append(f" {codes.get(note.code).title}")
+        lines.append(line)
+    return Group(*lines)
+
+
+def closing_line(report: Report) -> Text:
+    """The last line, as ruff ends: each verdict again, the counts, and where the details are."""
+    text = Text()
+    marks = [(_method_state(report, m), SHORT_TITLES.get(m, m)) for m in report.methods]
+    for name, verdict in report.layer_verdicts.items():
+        marks.append(("ok" if verdict.usable else "fail", f"layer {name}"))
+    for i, (state, title) in enumerate(marks):
+        symbol, style = MARKS[state]
+        text.append("  " if i else "")
+        text.append(symbol.strip("[]"), style=style)
+        text.append(f" {title}", style="bold")
+    findings = group_findings(_all_diagnostics(report))
+    counts = [
+        _count(sum(f.severity == severity for f in findings), word)
+        for severity, word in (("error", "error"), ("warning", "warning"), ("info", "note"))
+    ]
+    text.append(" · " + (", ".join(c for c in counts if c) or "no findings"))
+    pointer = "hookdoctor explain CODE or -v for details" if findings else "-v for details"
+    text.append(f" · {pointer}", style="dim")
+    return text
+
+
+def _count(number: int, word: str) -> str:
+    return f"{number} {word}{'s' if number != 1 else ''}" if number else ""
+
+
+def render_finding(finding: Finding, *, compact: bool = False) -> RenderableType:
+    """rustc style: ``error[HD201]: title``, ``--> layer``, then cause, fix and the pointer.
+
+    ``compact`` leaves out the ``-->`` line when the cause already names the layer, so the
+    compact report says everything once.
+    """
     head = Text()
     head.append(f"{finding.severity}[{finding.code}]", style=SEVERITY_STYLES[finding.severity])
     head.append(f": {codes.get(finding.code).title}", style="bold")
     body = Table.grid(padding=(0, 1))
     body.add_column(no_wrap=True, style="dim", justify="right")
     body.add_column()
-    if finding.where:
+    if finding.where and not (compact and _names_layer(finding.message, finding.where)):
         body.add_row("-->", Text(finding.where, style="bold"))
     body.add_row("cause", Text(finding.message))
     body.add_row("fix", Text(finding.fix))
@@ -303,41 +428,41 @@ def render_finding(finding: Finding) -> RenderableType:
     return Group(head, indented)
 
 
+def _names_layer(message: str, where: str) -> bool:
+    """Whether the message names the layer: quoted (`head`), or a dotted name standing alone.
+
+    A bare word such as "head" or "norm" may just be English, so it needs the quotes.
+    """
+    if f"`{where}`" in message:
+        return True
+    return "." in where and re.search(rf"(?<![\w.]){re.escape(where)}(?![\w.]*\w)", message) is not None
+
+
 # --- specs --------------------------------------------------------------------------------------
 
 
-def _specs(report: Report, backend: str, cam_method: str = "GradCAM") -> Iterator[RenderableType]:
+def _specs(report: Report, backend: str, cam_method: str = "GradCAM", *, full: bool) -> Iterator[RenderableType]:
     if "gradcam" in report.methods and report.gradcam is not None:
         title = "Grad-CAM" if cam_method == "GradCAM" else cam_method
-        yield Text()
+        if full:
+            yield Text()
         try:
             snippet = report.gradcam.code(backend, method=cam_method)
         except MethodUnsupportedError as refusal:
-            # The layer works for Grad-CAM; only the method asked for cannot, and the report says why.
+            # The layer works for Grad-CAM; only the method asked for cannot, and the report says
+            # why - in the compact report too, since it replaces the snippet that was asked for.
             yield Rule(f"{title} spec for {backend} — not possible on this layer", align="left", style="red")
             yield Text(f"{refusal.code} {refusal}")
         else:
             yield Rule(f"{title} spec for {backend} — paste this", align="left", style="green")
             yield _code(snippet)
     if "rollout" in report.methods and report.rollout is not None:
-        snippet = _rollout_code(report.rollout)
-        yield Text()
+        # The compact report keeps the capture-and-rollout form; -v adds capturing during
+        # the user's own forward pass.
+        if full:
+            yield Text()
         yield Rule("attention rollout spec — paste this", align="left", style="green")
-        yield _code(snippet)
-
-
-def _rollout_code(spec: Any) -> str:
-    code = getattr(spec, "code", None)
-    if callable(code):
-        return str(code())
-    # AttentionSpec without its own snippet: the public API is the snippet.
-    return (
-        "import hookdoctor\n\n"
-        "report = hookdoctor.inspect(model, x, methods=('rollout',))\n"
-        "attentions = report.rollout.capture(model, x)  # per layer [B, heads, T, T], rows sum to 1\n"
-        "heatmap = report.rollout.rollout(model, x)     # [B, H, W] over the "
-        f"{spec.grid[0]}x{spec.grid[1]} patch grid\n"
-    )
+        yield _code(report.rollout.code(own_forward=full))
 
 
 class CodeText(Text):

@@ -197,18 +197,26 @@ class AttentionSpec:
             "capture": list(self.kinds),
         }
 
-    def code(self) -> str:
-        """A copy-paste snippet: capture and rollout with this spec."""
+    def code(self, *, own_forward: bool = True) -> str:
+        """A copy-paste snippet: capture and rollout with this spec.
+
+        ``own_forward=False`` leaves out the second form (capturing during the user's own
+        forward pass), for the compact terminal report.
+        """
         h, w = self.grid
         n = len(self.layer_names)
         heads = self.heads[0] if self.heads else "heads"
-        return (
+        snippet = (
             "import hookdoctor\n\n"
             'spec = hookdoctor.inspect(model, x, methods=("rollout",)).rollout\n'
             f"attentions = spec.capture(model, x)  # {n} x [B, {heads}, {self.tokens}, {self.tokens}]\n"
             'heatmap = spec.rollout(model, x, head_fusion="mean", discard_ratio=0.0)'
-            f"  # [B, {h}, {w}]\n\n"
-            "# or during your own forward pass (hooks removed afterwards):\n"
+            f"  # [B, {h}, {w}]\n"
+        )
+        if not own_forward:
+            return snippet
+        return snippet + (
+            "\n# or during your own forward pass (hooks removed afterwards):\n"
             "with spec.capturing(model) as record:\n"
             "    output = model(x)\n"
             "attentions = record.attentions\n"

@@ -2,7 +2,9 @@
 
 The spec works with pytorch-grad-cam (``GradCAM(**spec.pytorch_grad_cam_kwargs())``),
 Captum (``spec.captum().attribute(x, target=...)``) and plain hooks; ``spec.code(backend)``
-prints the same thing as a snippet to paste.
+prints the same thing as a snippet to paste. A spec for one call of a module that runs
+several times (``NAME#k``) hands out a ``CallRouter`` as ``.model`` and its identity
+``call_view`` as ``.layer``, so the libraries' hooks fire on that call alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor.errors import MissingDependencyError
+from hookdoctor.errors import InputError, MissingDependencyError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.model.outputs import OutputSelector
@@ -100,9 +102,64 @@ class CaptumAdapter(nn.Module):
             handle.remove()
 
 
+class _CallView(nn.Identity):
+    """The module the libraries hook for one call of a shared module: it sees that call alone."""
+
+
+class CallRouter(nn.Module):
+    """Runs the score model with call ``call_index`` of ``module`` routed through ``call_view``.
+
+    A forward hook fires on every call of a module, so pytorch-grad-cam keeps the first
+    call of a shared encoder and Captum the last. During each forward of this wrapper, a
+    hook on ``module`` counts its calls and passes the output of call ``call_index`` (from
+    0) through ``call_view``, an identity: a hook on ``call_view`` fires exactly once, on
+    that call, and the network computes what it computed before. The hook lives only for
+    the duration of the forward, so the user's model is left as it was; ``module`` is kept
+    out of ``_modules`` (it is part of ``score_model`` already), and pickling or
+    deep-copying the wrapper keeps it the same object as the copied model's module.
+    """
+
+    module: nn.Module
+
+    def __init__(self, score_model: nn.Module, module: nn.Module, call_index: int, module_name: str = "") -> None:
+        super().__init__()
+        self.score_model = score_model
+        self.call_view = _CallView()
+        self.__dict__["module"] = module
+        self.call_index = call_index
+        self.module_name = module_name or type(module).__name__
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        calls = [0]
+
+        def route(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
+            index = calls[0]
+            calls[0] += 1
+            return self.call_view(output) if index == self.call_index else None
+
+        handle = self.module.register_forward_hook(route)
+        try:
+            result = self.score_model(*args, **kwargs)
+        finally:
+            handle.remove()
+        if calls[0] <= self.call_index:
+            # Silently explaining nothing (or another call) is the failure this wrapper exists to prevent.
+            raise InputError(
+                f"`{self.module_name}` ran {calls[0]} time(s) in this forward pass, so its call {self.call_index} "
+                "(counting from 0) never happened: this input takes another path through the model than the "
+                "example input did. Inspect the model with this input to get a spec for it."
+            )
+        return result
+
+
 @dataclass(frozen=True)
 class GradCAMSpec:
-    """A Grad-CAM hook spec that was checked to work on the example input."""
+    """A Grad-CAM hook spec that was checked to work on the example input.
+
+    For one call of a module that runs several times, ``call_index`` is that call (from 0),
+    ``layer_name`` is ``NAME#k``, ``module_name`` is ``NAME``, ``model`` is a
+    ``CallRouter`` and ``layer`` is its ``call_view``: the libraries hook exactly that call.
+    """
 
     layer_name: str
     layer: nn.Module
@@ -112,8 +169,14 @@ class GradCAMSpec:
     layout: Layout
     reasons: tuple[str, ...] = field(default_factory=tuple)
     score: str = "logits"
+    call_index: int | None = None
     # The example input's shape: ShapleyCAM's double-backward check runs on an input like it.
     input_shape: tuple[int, ...] | None = None
+
+    @property
+    def module_name(self) -> str:
+        """The dotted name of the module in the model passed in (``layer_name`` without ``#k``)."""
+        return self.layer_name if self.call_index is None else self.layer_name.rsplit("#", 1)[0]
 
     def pytorch_grad_cam_kwargs(self, method: str = "GradCAM") -> dict[str, Any]:
         """Keyword arguments for the pytorch-grad-cam class ``method`` (by class name) on this layer.
@@ -149,14 +212,18 @@ class GradCAMSpec:
         return gradcam_snippet(self, backend, method)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "layer_name": self.layer_name,
-            "layer_type": type(self.layer).__name__,
+            # A per-call spec's layer is the router's identity; the type that says something is the module's.
+            "layer_type": type(self.model.module if isinstance(self.model, CallRouter) else self.layer).__name__,
             "grid": list(self.grid),
             "layout": self.layout.kind,
             "prefix_tokens": self.layout.prefix_tokens,
             "reshape_transform": repr(self.reshape_transform) if self.reshape_transform is not None else None,
-            "model_wrapper": type(self.model).__name__ if isinstance(self.model, ScoreModel) else None,
+            "model_wrapper": type(self.model).__name__ if isinstance(self.model, (ScoreModel, CallRouter)) else None,
             "score": self.score,
             "reasons": list(self.reasons),
         }
+        if self.call_index is not None:  # only per-call specs: the keys of every other report stay as they were
+            found.update(module_name=self.module_name, call_index=self.call_index)
+        return found

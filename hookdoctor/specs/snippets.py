@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hookdoctor.errors import InputError
 
 if TYPE_CHECKING:
-    from hookdoctor.specs.gradcam import GradCAMSpec
+    from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
 
 BACKENDS = ("pytorch-grad-cam", "captum")
 
@@ -33,23 +33,49 @@ def _reshape_function(spec: GradCAMSpec) -> list[str]:
     return []
 
 
+def _score_model(spec: GradCAMSpec) -> Any:
+    """The score model: ``spec.model``, or the model a per-call spec's router runs."""
+    from hookdoctor.specs.gradcam import CallRouter
+
+    return spec.model.score_model if isinstance(spec.model, CallRouter) else spec.model
+
+
+def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
+    """How the pasted ScoreModel calls the model: the image alone, or among the other inputs."""
+    template = model.call_template
+    if template is None:
+        return [], "self.model(x)"
+    slot = template.image_slot
+    if isinstance(slot, str):
+        return ["            kwargs = dict(self.inputs)", f"            kwargs[{slot!r}] = x"], "self.model(**kwargs)"
+    return ["            args = list(self.inputs)", f"            args[{slot}] = x"], "self.model(*args)"
+
+
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
     from hookdoctor.specs.gradcam import ScoreModel
 
-    model = spec.model
+    model = _score_model(spec)
     if not isinstance(model, ScoreModel):
         return [], "model"
-    expression = model.selector.expression("self.model(x)")
+    prepare, call = _call_lines(model)
+    expression = model.selector.expression(call)
+    inputs = model.call_template is not None
     lines = [
         "class ScoreModel(torch.nn.Module):",
         f"    # Grad-CAM needs the score tensor: {spec.score}",
-        "    def __init__(self, model):",
+        f"    def __init__(self, model{', inputs' if inputs else ''}):",
         "        super().__init__()",
         "        self.model = model",
+    ]
+    if inputs:
+        slot = model.call_template.image_slot if model.call_template is not None else 0
+        lines.append(f"        self.inputs = inputs  # the inputs given to hookdoctor.inspect; x replaces [{slot!r}]")
+    lines += [
         "",
         "    def forward(self, x):",
         "        with torch.enable_grad():  # frozen models and no_grad callers still get layer gradients",
         "            x = x if x.requires_grad else x.detach().requires_grad_(True)",
+        *prepare,
     ]
     if model.pre_activation is not None:
         lines += [
@@ -57,7 +83,7 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
             f"            final = dict(self.model.named_modules())[{_module_name(spec, model.pre_activation)!r}]",
             "            handle = final.register_forward_pre_hook(lambda m, args: logits.update(x=args[0]))",
             "            try:",
-            "                self.model(x)",
+            f"                {call}",
             "            finally:",
             "                handle.remove()",
             "            return logits['x']  # the logit before the final softmax/sigmoid",
@@ -65,24 +91,71 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
         ]
     else:
         lines += [f"            return {expression}", ""]
-    return lines, "ScoreModel(model)"
+    return lines, "ScoreModel(model, example_input)" if inputs else "ScoreModel(model)"
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
     from hookdoctor.specs.gradcam import ScoreModel
 
-    assert isinstance(spec.model, ScoreModel)
-    for name, candidate in spec.model.model.named_modules():
+    score_model = _score_model(spec)
+    assert isinstance(score_model, ScoreModel)
+    for name, candidate in score_model.model.named_modules():
         if candidate is module:
             return name
     return "?"
 
 
+def _has_inputs(spec: GradCAMSpec) -> bool:
+    """True when the model takes other inputs besides the explained image."""
+    score_model = _score_model(spec)
+    return getattr(score_model, "call_template", None) is not None
+
+
+def _call_router(spec: GradCAMSpec) -> list[str]:
+    """The per-call routing (``CallRouter``) written out: one call of a shared module, alone."""
+    if spec.call_index is None:
+        return []
+    return [
+        "class OneCall(torch.nn.Module):",
+        f"    # `{spec.module_name}` runs several times per forward pass and a hook on it fires on every call.",
+        "    # During each forward, this passes the output of call `index` (from 0) alone through",
+        "    # self.call, an identity: a hook on self.call sees that call and nothing else.",
+        "    def __init__(self, model, module, index):",
+        "        super().__init__()",
+        "        self.model = model",
+        "        self.call = torch.nn.Identity()",
+        "        self.index = index",
+        "        self.__dict__['module'] = module  # part of model already, not a second submodule",
+        "",
+        "    def forward(self, x):",
+        "        count = [0]",
+        "",
+        "        def route(module, args, output):",
+        "            count[0] += 1",
+        "            return self.call(output) if count[0] - 1 == self.index else None",
+        "",
+        "        handle = self.module.register_forward_hook(route)  # removed after this forward",
+        "        try:",
+        "            out = self.model(x)",
+        "        finally:",
+        "            handle.remove()",
+        "        if count[0] <= self.index:",
+        "            raise RuntimeError(f'call {self.index} never happened: the module ran {count[0]} time(s)')",
+        "        return out",
+        "",
+    ]
+
+
 def _method_lines(
-    spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str]
+    spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str], layer_lines: list[str], layer: str
 ) -> tuple[list[str], list[str], list[str]]:
-    """(imports, reshape definition, construction lines) that build ``cam`` for one pytorch-grad-cam class."""
-    layer = f"layer = dict(model.named_modules())[{spec.layer_name!r}]"
+    """(imports, reshape definition, construction lines) that build ``cam`` for one pytorch-grad-cam class.
+
+    ``layer_lines`` find the hooked module and ``layer`` names it: ``layer`` itself, or for
+    a per-call spec ``routed.call``, the identity through which ``model_expr`` (the router)
+    passes that call alone. Every method's helper takes the router and its identity as it
+    would take a model and its layer.
+    """
     imports = [f"from pytorch_grad_cam import {method}"]
     if method in ("AblationCAM", "ShapleyCAM"):
         # Both wrap the layer's layout in hookdoctor's helpers, which need the transform as an object.
@@ -92,25 +165,26 @@ def _method_lines(
         if method == "AblationCAM":
             imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
             return imports, definition, [
-                layer,
+                *layer_lines,
                 "# An ablation layer that ablates channels of the layer's [B, C, H, W] view, whatever its layout;",
                 "# AblationModel applies it by a hook, so AblationCAM never swaps a module into `model`.",
                 f"ablation_layer = GridAblationLayer({transform})",
-                f"cam = AblationCAM(model=AblationModel({model_expr}, layer, ablation_layer), target_layers=[layer],",
+                f"cam = AblationCAM(model=AblationModel({model_expr}, {layer}, ablation_layer),"
+                f" target_layers=[{layer}],",
                 f"                  reshape_transform={transform}, ablation_layer=ablation_layer, batch_size=32)",
             ]
         imports.append("from hookdoctor.specs.cam_family import SecondOrderModel")
         return imports, definition, [
-            layer,
+            *layer_lines,
             "# ShapleyCAM differentiates twice: SecondOrderModel runs attention with the math kernel (the fused",
             "# ones have no double backward) and hooks the layer as a [B, C, H, W] grid (ShapleyCAM would skip",
             "# reshape_transform for the activations it weighs).",
-            f"second_order = SecondOrderModel({model_expr}, layer, {transform})",
+            f"second_order = SecondOrderModel({model_expr}, {layer}, {transform})",
             "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer], reshape_transform=None)",
         ]
     lines = [
-        layer,
-        f"cam = {method}(model={model_expr}, target_layers=[layer],"
+        *layer_lines,
+        f"cam = {method}(model={model_expr}, target_layers=[{layer}],"
         f" reshape_transform={'reshape_transform' if reshape else 'None'})",
     ]
     if method == "ScoreCAM":
@@ -133,9 +207,19 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
     spec.pytorch_grad_cam_kwargs(method)
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
+    router = _call_router(spec)
+    if router:
+        # The library gets the router as its model and the router's identity as its layer.
+        layer_lines = [
+            f"routed = OneCall({model_expr}, dict(model.named_modules())[{spec.module_name!r}], {spec.call_index})",
+        ]
+        model_expr, layer_expr = "routed", "routed.call"
+    else:
+        layer_lines = [f"layer = dict(model.named_modules())[{spec.layer_name!r}]"]
+        layer_expr = "layer"
     lines = ["import torch"]
     if backend == "pytorch-grad-cam":
-        imports, definition, construction = _method_lines(spec, method, model_expr, reshape)
+        imports, definition, construction = _method_lines(spec, method, model_expr, reshape, layer_lines, layer_expr)
         lines += [
             imports[0],
             "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
@@ -143,6 +227,7 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
             "",
             *definition,
             *wrapper,
+            *router,
             *construction,
             "heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
             "  # [B, H_in, W_in], in [0, 1]",
@@ -150,19 +235,22 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
         return "\n".join(lines) + "\n"
     lines += [f"from captum.attr import LayerAttribution{'' if reshape else ', LayerGradCam'}", ""]
     if reshape:
+        named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+        given = "example_input" if _has_inputs(spec) else "x"
         lines += [
             "import hookdoctor",
             "",
             f"# Captum reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
             f"# [B, C, {spec.grid[0]}, {spec.grid[1]}] view so that LayerGradCam sees a grid.",
-            "spec = hookdoctor.inspect(model, x, methods=('gradcam',)).gradcam",
+            f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
             "gradcam = spec.captum()",
         ]
     else:
         lines += [
             *wrapper,
-            f"layer = dict(model.named_modules())[{spec.layer_name!r}]",
-            f"gradcam = LayerGradCam({model_expr}, layer)",
+            *router,
+            *layer_lines,
+            f"gradcam = LayerGradCam({model_expr}, {layer_expr})",
         ]
     lines += [
         f"attribution = gradcam.attribute(x, target=class_index, relu_attributions=True)"

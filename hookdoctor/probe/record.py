@@ -1,0 +1,170 @@
+"""What the one recorded pass saw: per module call, per attention computation, and the score.
+
+Checks read these records and never run the model. Gradients are kept only as the
+statistics Grad-CAM and the checks need (energy per position, mean per channel, the
+leading tokens); activations and the graph are held only while ``inspect`` runs, for the
+locality test, and ``Probe.release`` drops them before it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hookdoctor.geometry.layout import MAX_PREFIX_TOKENS, Layout
+from hookdoctor.model.outputs import OutputSelector
+from hookdoctor.probe.gradpath import GradGraph
+from hookdoctor.probe.sites import AttentionSite
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """What Grad-CAM and the checks need of one gradient, for every layout it could have."""
+
+    energy: dict[str, torch.Tensor]  # layout -> |grad| summed per position: [H*W] or [T]
+    channel_mean: dict[str, torch.Tensor]  # layout -> grad averaged over positions: [B, C]
+    leading_tokens: torch.Tensor | None  # tokens: grad of the first MAX_PREFIX_TOKENS tokens [B, k, C]
+    num_tokens: int = 0
+
+    @classmethod
+    def of(cls, grad: torch.Tensor) -> GradStats:
+        grad = grad.detach()
+        if grad.dim() == 4:
+            return cls(
+                energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},
+                channel_mean={"NCHW": grad.mean((2, 3)), "NHWC": grad.mean((1, 2))},
+                leading_tokens=None,
+            )
+        return cls(
+            energy={"tokens": grad.abs().sum((0, 2))},
+            channel_mean={"tokens": grad.sum(1)},  # a sum here: the prefix is taken out per layout
+            leading_tokens=grad[:, :MAX_PREFIX_TOKENS].clone(),
+            num_tokens=int(grad.shape[1]),
+        )
+
+    def cell_energy(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradient energy per image cell, and per prefix token (token layouts only)."""
+        energy = self.energy[layout.kind]
+        if layout.kind != "tokens":
+            return energy, None
+        return energy[layout.prefix_tokens :], energy[: layout.prefix_tokens]
+
+    def channel_weights(self, layout: Layout) -> torch.Tensor:
+        """Grad-CAM's weights: the gradient averaged over the layer's image cells, ``[B, C]``."""
+        if layout.kind != "tokens":
+            return self.channel_mean[layout.kind]
+        assert self.leading_tokens is not None  # set for every token (3-D) gradient
+        prefix = self.leading_tokens[:, : layout.prefix_tokens].sum(1)
+        return (self.channel_mean["tokens"] - prefix) / (self.num_tokens - layout.prefix_tokens)
+
+
+@dataclass
+class CallRecord:
+    """One call of one module."""
+
+    order: int
+    structure: str
+    is_tensor: bool
+    tensor: torch.Tensor | None  # held during inspect only (see Probe.release)
+    shape: tuple[int, ...] | None
+    version_at_hook: int
+    requires_grad: bool
+    grad_fn: Any = None
+    grad_enabled: bool = True  # False when the forward ran this module under no_grad / inference_mode
+    version_after: int = -1
+    grad: GradStats | None = None
+
+    @property
+    def output_tensor(self) -> torch.Tensor:
+        """The tensor this call returned (or the first one it returned); only while inspect runs."""
+        if self.tensor is None:
+            raise ValueError("this call returned no tensor, or its record was released")
+        return self.tensor
+
+    @property
+    def grad_stats(self) -> GradStats:
+        """The gradient statistics; only for calls the score's gradient reached."""
+        if self.grad is None:
+            raise ValueError("no gradient reached this call")
+        return self.grad
+
+    @property
+    def overwritten(self) -> bool:
+        return self.version_after != self.version_at_hook
+
+
+@dataclass
+class ModuleRecord:
+    name: str
+    module: nn.Module
+    calls: list[CallRecord] = field(default_factory=list)
+    first_input: torch.Tensor | None = None
+
+
+@dataclass
+class AttentionCall:
+    """One attention computation of the pass: where it ran, and whether the score's gradient reached it.
+
+    ``row_energy`` is the gradient energy per query row ``[Tq]`` (which tokens the head
+    reads through this attention); None when no gradient reached the probabilities.
+    ``on_path`` says whether the probabilities feed the output in autograd at all.
+    """
+
+    site: AttentionSite
+    probs: torch.Tensor | None  # held during inspect only
+    on_path: bool
+    row_energy: torch.Tensor | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.row_energy is not None
+
+
+@dataclass
+class Score:
+    """What the probe differentiated, and what the spec's model wrapper must return."""
+
+    selector: OutputSelector
+    other_heads: list[str]
+    output_structure: str
+    target: int  # the class explained for the first sample
+    pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
+    saturated: bool
+    zero_head: str | None  # name of a zero-initialised head (surrogate score used)
+    has_gradient: bool  # False when the model computes its score with gradients disabled or detaches it
+
+
+@dataclass
+class Probe:
+    records: dict[str, ModuleRecord]
+    attention: list[AttentionCall]
+    score: Score
+    image: torch.Tensor | None  # the input that required grad (held during inspect only)
+    image_hw: tuple[int, int]
+    batch: int
+    input_gradient_zero: bool
+    grad_enabled_by_user: bool
+    consumed_randomness: bool  # the eval-mode forward drew from the global RNG (HD006)
+    graph: GradGraph  # the autograd graph below the score, by node id (holds no tensor)
+    score_value: torch.Tensor | None = None  # the differentiated scalar (held during inspect only)
+
+    @property
+    def input_image(self) -> torch.Tensor:
+        if self.image is None:
+            raise ValueError("the probe was released")
+        return self.image
+
+    def release(self) -> None:
+        """Drop every tensor of the model (activations, graph, probabilities): only statistics remain."""
+        for record in self.records.values():
+            record.first_input = None
+            for call in record.calls:
+                call.tensor = None
+                call.grad_fn = None
+        for seen in self.attention:
+            seen.probs = None
+        self.image = None
+        self.score_value = None
