@@ -361,6 +361,80 @@ def test_report_shows_the_refusal_in_place_of_the_snippet(cases, terminal: bool)
     assert "GridAblationLayer" in ablation.getvalue()
 
 
+# --- per-call specs (NAME#k, issue 13) with the family ----------------------------------------------
+
+
+def call_outputs(module: nn.Module, model: nn.Module, x: Any) -> list[torch.Tensor]:
+    """The output of every call of ``module`` during one forward of ``model``."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, inputs, output: seen.append(output.detach()))
+    try:
+        with torch.no_grad():
+            model(*x) if isinstance(x, tuple) else model(x)
+    finally:
+        handle.remove()
+    return seen
+
+
+# The recurrent block (NCHW), the shared ViT block (tokens + reshape) and the two-view siamese
+# encoder (the other view held fixed while AblationCAM and ScoreCAM run batches of copies).
+PER_CALL = ["recurrent_refiner", "shared_block_vit", "two_view_siamese"]
+
+
+@pytest.mark.parametrize("method", ["AblationCAM", "ScoreCAM", "ShapleyCAM", "HiResCAM", "GradCAMPlusPlus"])
+@pytest.mark.parametrize("name", PER_CALL)
+def test_per_call_spec_runs_the_family_on_its_call(name: str, method: str) -> None:
+    from fixtures import shared_calls
+
+    model, x = getattr(shared_calls, name)(), shared_calls.example_input(name)
+    report = hookdoctor.inspect(model, x, methods="gradcam")
+    spec, image = report.gradcam, x[0] if isinstance(x, tuple) else x
+    assert spec.call_index is not None, spec.layer_name
+    before = fingerprint(model)
+    kwargs = with_batch(method, spec.pytorch_grad_cam_kwargs(method))
+    cam = getattr(pytorch_grad_cam, method)(**kwargs)
+    if method == "ScoreCAM":
+        cam.batch_size = BATCH
+    try:
+        heatmap = cam(input_tensor=image, targets=[ClassifierOutputTarget(report.target)])
+        # One forward through the hooks the method holds: they see the routed call and that call
+        # alone (ShapleyCAM: its [B, C, H, W] view).
+        with torch.enable_grad():
+            cam.activations_and_grads(image)
+        seen = list(cam.activations_and_grads.activations)
+    finally:
+        cam.activations_and_grads.release()
+    assert working(heatmap, image), f"{method} on {spec.layer_name}: shape {heatmap.shape}, std {heatmap.std()}"
+    assert len(seen) == 1
+    module = dict(model.named_modules())[spec.module_name]
+    call = call_outputs(module, model, x)[spec.call_index]
+    expected = spec.reshape_transform(call) if spec.reshape_transform is not None else call
+    torch.testing.assert_close(torch.as_tensor(seen[0]).detach(), expected)
+    assert_same(before, model)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+@pytest.mark.parametrize("method", ["AblationCAM", "ShapleyCAM", "ScoreCAM", "LayerCAM"])
+@pytest.mark.parametrize("name", PER_CALL)
+def test_per_call_snippet_with_a_method_runs_as_pasted(name: str, method: str) -> None:
+    from fixtures import shared_calls
+
+    model, x = getattr(shared_calls, name)(), shared_calls.example_input(name)
+    report = hookdoctor.inspect(model, x, methods="gradcam")
+    spec, image = report.gradcam, x[0] if isinstance(x, tuple) else x
+    code = spec.code("pytorch-grad-cam", method=method)
+    assert "class OneCall" in code and f"from pytorch_grad_cam import {method}" in code
+    before = fingerprint(model)
+    namespace = {"model": model, "x": image, "class_index": report.target, "example_input": x}
+    exec(compile(code, "<snippet>", "exec"), namespace)  # the snippet is hookdoctor's own output
+    namespace["cam"].activations_and_grads.release()
+    assert working(namespace["heatmap"], image)
+    assert_same(before, model)
+    # The pasted snippet draws the map the spec's own kwargs draw.
+    expected = run_cam(method, spec.pytorch_grad_cam_kwargs(method), image, report.target)
+    np.testing.assert_allclose(namespace["heatmap"], expected, atol=1e-4)
+
+
 # --- the README table ---------------------------------------------------------------------------
 
 

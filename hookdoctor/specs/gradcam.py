@@ -52,7 +52,7 @@ class ScoreModel(nn.Module):
         with torch.enable_grad():
             if not image.requires_grad:
                 image = image.detach().requires_grad_(True)
-            call = template.with_image(image)
+            call = template.for_batch(int(image.shape[0])).with_image(image)
             if self.pre_activation is None:
                 return self.selector(call.call(self.model))
             captured: dict[str, torch.Tensor] = {}

@@ -46,9 +46,23 @@ def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
     if template is None:
         return [], "self.model(x)"
     slot = template.image_slot
+    # AblationCAM and ScoreCAM run the model on copies of one image: the inputs held fixed
+    # come in as many copies (ModelInput.for_batch).
+    repeat = "v.repeat(len(x), *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() and len(v) == 1 else v"
+    held = "# a batch of copies (AblationCAM, ScoreCAM): the other inputs too"
     if isinstance(slot, str):
-        return ["            kwargs = dict(self.inputs)", f"            kwargs[{slot!r}] = x"], "self.model(**kwargs)"
-    return ["            args = list(self.inputs)", f"            args[{slot}] = x"], "self.model(*args)"
+        return [
+            "            kwargs = dict(self.inputs)",
+            f"            if len(x) != len(kwargs[{slot!r}]):  {held}",
+            f"                kwargs = {{k: {repeat} for k, v in kwargs.items()}}",
+            f"            kwargs[{slot!r}] = x",
+        ], "self.model(**kwargs)"
+    return [
+        "            args = list(self.inputs)",
+        f"            if len(x) != len(args[{slot}]):  {held}",
+        f"                args = [{repeat} for v in args]",
+        f"            args[{slot}] = x",
+    ], "self.model(*args)"
 
 
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
