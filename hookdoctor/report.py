@@ -1,4 +1,4 @@
-"""The result types of ``inspect``: Diagnostic, LayerVerdict and Report.
+"""The result types of ``inspect``: LayerVerdict and Report (Diagnostic lives with the codes).
 
 They know nothing of rich or of the command line; ``Report.__rich_console__`` imports the
 renderer lazily so that ``import hookdoctor`` stays light.
@@ -6,63 +6,19 @@ renderer lazily so that ``import hookdoctor`` stays light.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hookdoctor import codes
+from hookdoctor.codes import Diagnostic, sort_diagnostics
+
+__all__ = ["Diagnostic", "LayerSummary", "LayerVerdict", "Report", "sort_diagnostics"]
 
 if TYPE_CHECKING:
     from hookdoctor.attention import AttentionSpec
     from hookdoctor.specs.gradcam import GradCAMSpec
 
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    """One finding: a stable code, how bad it is, where, why, and what to do instead."""
-
-    code: str
-    severity: str
-    layer: str | None
-    message: str
-    fix: str
-    method: str | None = None
-
-    @classmethod
-    def of(
-        cls,
-        code: str,
-        message: str,
-        fix: str,
-        *,
-        layer: str | None = None,
-        method: str | None = None,
-        severity: str | None = None,
-    ) -> Diagnostic:
-        """A diagnostic whose severity defaults to the one registered for ``code``."""
-        entry = codes.get(code)
-        return cls(entry.code, severity or entry.severity, layer, message, fix, method)
-
-    @property
-    def title(self) -> str:
-        return codes.get(self.code).title
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "layer": self.layer,
-            "method": self.method,
-            "message": self.message,
-            "fix": self.fix,
-        }
-
-
-def sort_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
-    """Most severe first; within a severity, by code, then in the order found."""
-    return sorted(diagnostics, key=lambda d: (codes.SEVERITY_ORDER[d.severity], d.code))
 
 
 @dataclass(frozen=True)

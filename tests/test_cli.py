@@ -74,8 +74,8 @@ def test_failing_layer_exits_1_and_says_why(capsys):
     assert "vit.layers.5.layernorm_before" in out  # the spec that works is still offered
 
 
-def test_cnn_without_attention_fails_rollout_only(capsys):
-    code, out, _ = run(capsys, "inspect", CNN)
+def test_cnn_without_attention_fails_rollout_only_when_rollout_is_named(capsys):
+    code, out, _ = run(capsys, "inspect", CNN, "--method", "all")
     assert code == 1
     assert "[✓] Grad-CAM" in out and "[✗] attention rollout" in out
     code, _, _ = run(capsys, "inspect", CNN, "--method", "gradcam")

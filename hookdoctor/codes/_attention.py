@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hookdoctor.codes import Code
+from hookdoctor.codes._code import Code
 
 _ATTN = "attention"
 
@@ -145,5 +145,20 @@ chained, or a token count that no patch grid of the input explains.
 
 Use Grad-CAM, or look at the raw attention of a single layer with
 `hookdoctor.attention.capture_attention(model, [layer])`.""",
+    ),
+    Code(
+        "HD514", "rollout-not-applicable", _ATTN, "info",
+        "Attention rollout does not apply: the model has no image-wide token attention, so only Grad-CAM "
+        "is judged.",
+        """With the default `methods="auto"` (`--method auto`), hookdoctor judges Grad-CAM on every
+model and attention rollout only where the model computes token-to-token attention over the
+image. CNNs, ConvNeXt and MLP-Mixer compute none (HD508), XCiT-style models attend over
+channels (HD507), Swin-style models attend within local windows (HD506): rollout has nothing
+to multiply there, and that is a fact about the model, not a failure. The report's `ok`
+and the exit code then depend on Grad-CAM alone.
+
+Ask for rollout by name (`methods=("rollout",)` or `"all"`, `--method rollout`) to see the
+refusal itself, as an error that makes the report fail.""",
+        applies="spec",
     ),
 )

@@ -3,7 +3,7 @@ flow (HD2xx), layout (HD3xx) and layer naming (HD4xx): the Grad-CAM side."""
 
 from __future__ import annotations
 
-from hookdoctor.codes import Code
+from hookdoctor.codes._code import Code
 
 _MODEL = "model output"
 _SITE = "hook site"

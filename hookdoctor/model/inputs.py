@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +121,12 @@ def resolve_input(
     input_shape: tuple[int, ...] | None = None,
 ) -> ModelInput:
     """Turn what the user gave (or nothing) into a ModelInput, or raise InputError."""
+    model_input = _resolve(model, example_input, input_shape)
+    _refuse_unusable(model_input)
+    return model_input
+
+
+def _resolve(model: nn.Module, example_input: Any, input_shape: tuple[int, ...] | None) -> ModelInput:
     if example_input is not None and input_shape is not None:
         raise InputError(
             "Both example_input and input_shape were given; pass one of them: the example input "
@@ -138,6 +146,7 @@ def resolve_input(
                 f"input_shape must be four positive sizes (B, C, H, W), got {shape!r}; for example (1, 3, 224, 224)."
             )
         device, dtype = _device_and_dtype(model)
+        _refuse_oversized(tuple(int(s) for s in shape), dtype, device)
         generator = torch.Generator().manual_seed(0)
         image = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32)
         return ModelInput((image.to(device=device, dtype=dtype),), {}, 0)
@@ -171,3 +180,70 @@ def resolve_input(
     raise InputError(
         f"example_input must be a Tensor, a tuple of Tensors or a dict of Tensors, not {type(example_input).__name__}."
     )
+
+
+# One forward and backward with every activation kept holds many tensors of the input's
+# size; an input whose size times this factor exceeds the free memory cannot be run.
+ACTIVATION_FACTOR = 16
+
+
+def _refuse_oversized(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse an input_shape whose tensor (and the pass around it) cannot fit, before allocating it."""
+    needed = math.prod(shape) * dtype.itemsize
+    available = available_memory(device)
+    if available is None or needed * ACTIVATION_FACTOR <= available:
+        return
+    raise InputError(
+        f"input_shape {shape} would need {_size(needed)} for the {dtype} input tensor alone, and one forward "
+        f"and backward keeps many activations of that size; {_size(available)} of memory is available on "
+        f"{device}. Pass a smaller input_shape such as (1, {shape[1]}, 224, 224) (--input-shape "
+        f"1,{shape[1]},224,224): which layers work does not depend on the image size for most models."
+    )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} TB"
+
+
+def _refuse_unusable(model_input: ModelInput) -> None:
+    """An empty batch or non-finite values: no map and no gradient could mean anything."""
+    image = model_input.image
+    if image.shape[0] == 0 or image.numel() == 0:
+        raise InputError(
+            f"example_input has shape {tuple(image.shape)}: it holds no image (a size is 0), so there is "
+            "nothing to run or explain. Pass at least one image, e.g. torch.randn(1, 3, 224, 224)."
+        )
+    tensors = [*model_input.args, *model_input.kwargs.values()]
+    for value in tensors:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_meta:
+            if not bool(torch.isfinite(value).all()):
+                kind = "NaN" if bool(torch.isnan(value).any()) else "inf"
+                raise InputError(
+                    f"example_input contains {kind} values (shape {tuple(value.shape)}): every score and "
+                    "gradient computed from it is non-finite, so no layer can be judged. Pass finite "
+                    "values, e.g. a normalised image or torch.randn(...); check the preprocessing "
+                    "(division by a zero std, a log of 0)."
+                )

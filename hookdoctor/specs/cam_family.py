@@ -36,6 +36,7 @@ from torch import nn
 from hookdoctor.errors import InputError, MethodUnsupportedError, MissingDependencyError
 from hookdoctor.geometry.layout import ReshapeTransform
 from hookdoctor.model.guard import preserved
+from hookdoctor.specs.gradcam import Float32Maps
 
 if TYPE_CHECKING:
     from hookdoctor.specs.gradcam import GradCAMSpec
@@ -211,11 +212,13 @@ def method_kwargs(spec: GradCAMSpec, method: str) -> dict[str, Any]:
                 "AblationCAM's ablation layer builds on pytorch-grad-cam, which is not installed. Install it "
                 "with `pip install 'hookdoctor[grad-cam]'` (or `pip install grad-cam`)."
             ) from exc
-        ablation_layer = GridAblationLayer(spec.reshape_transform)
+        # The ablation works on the layout's geometry; spec.reshape_transform (which may also
+        # cast a bfloat16 layer's maps for numpy, Float32Maps) stays the one for the activations.
+        ablation_layer = GridAblationLayer(spec.layout.transform())
         model = AblationModel(spec.model, spec.layer, ablation_layer)
         return {**base, "model": model, "ablation_layer": ablation_layer}
     if method == "ShapleyCAM":
-        second = SecondOrderModel(spec.model, spec.layer, spec.reshape_transform)
+        second = SecondOrderModel(spec.model, spec.layer, spec.layout.transform())
         if spec.input_shape is not None:
             failure = second_order_failure(second, spec.input_shape)
             if failure is not None:
@@ -227,7 +230,9 @@ def method_kwargs(spec: GradCAMSpec, method: str) -> dict[str, Any]:
                     "layer after that operation, or replace it by one with a double backward; "
                     "hookdoctor explain HD205.",
                 )
-        return {"model": second, "target_layers": [second.target_layer], "reshape_transform": None}
+        # The grid view needs no reshape; a bfloat16 layer's maps still need the cast for numpy.
+        cast = Float32Maps() if isinstance(spec.reshape_transform, Float32Maps) else None
+        return {"model": second, "target_layers": [second.target_layer], "reshape_transform": cast}
     if method == "FEM":
         cells = spec.grid[0] * spec.grid[1]
         if math.sqrt(max(cells - 1, 0)) <= FEM_K:

@@ -12,14 +12,18 @@ if TYPE_CHECKING:
 BACKENDS = ("pytorch-grad-cam", "captum")
 
 
-def _reshape_function(spec: GradCAMSpec) -> list[str]:
+def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
+    """The reshape_transform as code; ``float32`` adds the cast numpy needs for bfloat16 layers."""
     layout = spec.layout
     h, w = layout.grid
+    cast = ".float()" if float32 else ""
+    cast_note = ["    # .float(): pytorch-grad-cam makes numpy arrays of the maps, and numpy has no bfloat16"]
     if layout.kind == "NHWC":
         return [
             "def reshape_transform(t):",
             "    # channels-last [B, H, W, C] -> [B, C, H, W]",
-            "    return t.permute(0, 3, 1, 2)",
+            *(cast_note if float32 else []),
+            f"    return t.permute(0, 3, 1, 2){cast}",
             "",
         ]
     if layout.kind == "tokens":
@@ -27,9 +31,12 @@ def _reshape_function(spec: GradCAMSpec) -> list[str]:
         return [
             "def reshape_transform(t):",
             f"    # drop {p} prefix token(s), lay the {h * w} patch tokens on the {h}x{w} grid, channels first",
-            f"    return t[:, {p}:, :].reshape(t.shape[0], {h}, {w}, t.shape[-1]).permute(0, 3, 1, 2)",
+            *(cast_note if float32 else []),
+            f"    return t[:, {p}:, :].reshape(t.shape[0], {h}, {w}, t.shape[-1]).permute(0, 3, 1, 2){cast}",
             "",
         ]
+    if float32:
+        return ["def reshape_transform(t):", *cast_note, "    return t.float()", ""]
     return []
 
 
@@ -65,18 +72,29 @@ def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
     ], "self.model(*args)"
 
 
+def _eager_model(spec: GradCAMSpec) -> str:
+    """The expression for the module pytorch-grad-cam must run: inside a torch.compile wrapper, the eager one."""
+    marker = "_orig_mod."
+    if marker not in spec.layer_name:
+        return "model"
+    return "model." + spec.layer_name[: spec.layer_name.rindex(marker) + len(marker) - 1]
+
+
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
     from hookdoctor.specs.gradcam import ScoreModel
 
     model = _score_model(spec)
+    eager = _eager_model(spec)
     if not isinstance(model, ScoreModel):
-        return [], "model"
+        return [], eager
+    cast = ".float()" if model.float_scores else ""
     prepare, call = _call_lines(model)
-    expression = model.selector.expression(call)
+    expression = model.selector.expression(call) + cast
     inputs = model.call_template is not None
     lines = [
         "class ScoreModel(torch.nn.Module):",
         f"    # Grad-CAM needs the score tensor: {spec.score}",
+        *(["    # .float(): the score is bfloat16, and pytorch-grad-cam makes numpy arrays of it"] if cast else []),
         f"    def __init__(self, model{', inputs' if inputs else ''}):",
         "        super().__init__()",
         "        self.model = model",
@@ -100,12 +118,12 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
             f"                {call}",
             "            finally:",
             "                handle.remove()",
-            "            return logits['x']  # the logit before the final softmax/sigmoid",
+            f"            return logits['x']{cast}  # the logit before the final softmax/sigmoid",
             "",
         ]
     else:
         lines += [f"            return {expression}", ""]
-    return lines, "ScoreModel(model, example_input)" if inputs else "ScoreModel(model)"
+    return lines, f"ScoreModel({eager}, example_input)" if inputs else f"ScoreModel({eager})"
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
@@ -170,12 +188,19 @@ def _method_lines(
     passes that call alone. Every method's helper takes the router and its identity as it
     would take a model and its layer.
     """
+    from hookdoctor.specs.gradcam import Float32Maps
+
     imports = [f"from pytorch_grad_cam import {method}"]
     if method in ("AblationCAM", "ShapleyCAM"):
-        # Both wrap the layer's layout in hookdoctor's helpers, which need the transform as an object.
-        transform = "reshape_transform" if spec.reshape_transform is not None else "None"
-        definition = [f"reshape_transform = {spec.reshape_transform!r}", ""] if spec.reshape_transform else []
-        imports += ["from hookdoctor import ReshapeTransform"] if spec.reshape_transform else []
+        # Both wrap the layer's layout in hookdoctor's helpers, which need the geometry as an object;
+        # a bfloat16 layer's maps are cast for numpy by Float32Maps around it, as in the kwargs.
+        geometry = spec.layout.transform()
+        cast = isinstance(spec.reshape_transform, Float32Maps)
+        transform = "reshape_transform" if geometry is not None else "None"
+        definition = [f"reshape_transform = {geometry!r}", ""] if geometry is not None else []
+        imports += ["from hookdoctor import ReshapeTransform"] if geometry is not None else []
+        imports += ["from hookdoctor.specs.gradcam import Float32Maps"] if cast else []
+        maps = f"Float32Maps({'' if geometry is None else transform})" if cast else transform
         if method == "AblationCAM":
             imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
             return imports, definition, [
@@ -185,7 +210,7 @@ def _method_lines(
                 f"ablation_layer = GridAblationLayer({transform})",
                 f"cam = AblationCAM(model=AblationModel({model_expr}, {layer}, ablation_layer),"
                 f" target_layers=[{layer}],",
-                f"                  reshape_transform={transform}, ablation_layer=ablation_layer, batch_size=32)",
+                f"                  reshape_transform={maps}, ablation_layer=ablation_layer, batch_size=32)",
             ]
         imports.append("from hookdoctor.specs.cam_family import SecondOrderModel")
         return imports, definition, [
@@ -194,7 +219,8 @@ def _method_lines(
             "# ones have no double backward) and hooks the layer as a [B, C, H, W] grid (ShapleyCAM would skip",
             "# reshape_transform for the activations it weighs).",
             f"second_order = SecondOrderModel({model_expr}, {layer}, {transform})",
-            "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer], reshape_transform=None)",
+            "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer],"
+            f" reshape_transform={'Float32Maps()' if cast else 'None'})",
         ]
     lines = [
         *layer_lines,
@@ -219,6 +245,8 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
         )
     # The same checks as the kwargs: a method that cannot work raises its coded error here too.
     spec.pytorch_grad_cam_kwargs(method)
+    from hookdoctor.specs.gradcam import Float32Maps
+
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
     router = _call_router(spec)
@@ -233,6 +261,11 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
         layer_expr = "layer"
     lines = ["import torch"]
     if backend == "pytorch-grad-cam":
+        reshape = _reshape_function(spec, float32=isinstance(spec.reshape_transform, Float32Maps))
+        eager = _eager_model(spec)
+        compiled = []
+        if eager != "model":
+            compiled = [f"# {eager}: the eager module; a compiled backward cannot run twice (retain_graph)"]
         imports, definition, construction = _method_lines(spec, method, model_expr, reshape, layer_lines, layer_expr)
         lines += [
             imports[0],
@@ -242,8 +275,10 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
             *definition,
             *wrapper,
             *router,
+            *compiled,
             *construction,
-            "heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
+            "with torch.enable_grad():  # it backpropagates from the score outside the model: also under no_grad",
+            "    heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
             "  # [B, H_in, W_in], in [0, 1]",
         ]
         return "\n".join(lines) + "\n"
