@@ -207,7 +207,7 @@ class AttentionSpec:
         n = len(self.layer_names)
         heads = self.heads[0] if self.heads else "heads"
         snippet = (
-            "import hookdoctor\n\n"
+            "import hookdoctor\n"
             'spec = hookdoctor.inspect(model, x, methods=("rollout",)).rollout\n'
             f"attentions = spec.capture(model, x)  # {n} x [B, {heads}, {self.tokens}, {self.tokens}]\n"
             'heatmap = spec.rollout(model, x, head_fusion="mean", discard_ratio=0.0)'
