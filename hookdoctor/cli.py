@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=BACKENDS[0],
         help="library the pasted spec is written for (default: pytorch-grad-cam)",
     )
+    inspect.add_argument(
+        "--cam-method",
+        metavar="NAME",
+        default="GradCAM",
+        help="pytorch-grad-cam class the pasted spec builds, e.g. AblationCAM, ScoreCAM (default: GradCAM)",
+    )
     loading = inspect.add_argument_group("loading")
     loading.add_argument(
         "--pretrained",
@@ -314,6 +320,9 @@ def _run_codes(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from hookdoctor.specs.cam_family import resolve_method
+
+    args.cam_method = resolve_method(args.cam_method)  # InputError (exit 2) before the model loads
     methods = _methods(args.method)
     if args.layer is not None and GRADCAM not in methods.wanted:
         raise InputError(
@@ -354,6 +363,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             report,
             console=console,
             backend=args.backend,
+            cam_method=args.cam_method,
             tree=args.tree,
             model_summary=summary,
             source=args.model,

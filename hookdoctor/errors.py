@@ -45,6 +45,14 @@ class MissingDependencyError(HookdoctorError, ImportError):
     """An optional package is needed; the message holds the exact ``pip install`` line."""
 
 
+class MethodUnsupportedError(HookdoctorError):
+    """A method of an attribution library cannot work on this model; ``.code`` says why (``explain``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class UnknownCodeError(HookdoctorError, KeyError):
     """``explain`` was given a code that does not exist."""
 

@@ -491,6 +491,7 @@ class GradCAMAnalysis:
             reasons=reasons,
             score=score_text,
             call_index=j.call_index,
+            input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes
 

@@ -51,6 +51,25 @@ class ModelInput:
         kwargs[self.image_slot] = image
         return ModelInput(self.args, kwargs, self.image_slot)
 
+    def for_batch(self, batch: int) -> ModelInput:
+        """The inputs for an image batch of ``batch``: the other inputs of batch 1 repeated to it.
+
+        AblationCAM and ScoreCAM run the model on copies of one image; the inputs held fixed
+        (a two-view model's other view, a mask) must come in as many copies, or the model
+        fails on mismatched batch sizes. Inputs of another batch size are left as they are.
+        """
+        if batch == self.batch:
+            return self
+
+        def held(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1:
+                return value.repeat(batch, *([1] * (value.dim() - 1)))
+            return value
+
+        return ModelInput(
+            tuple(held(a) for a in self.args), {k: held(v) for k, v in self.kwargs.items()}, self.image_slot
+        )
+
     def call(self, model: nn.Module) -> Any:
         return model(*self.args, **self.kwargs)
 

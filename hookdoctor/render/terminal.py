@@ -32,6 +32,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from hookdoctor import codes
+from hookdoctor.errors import MethodUnsupportedError
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -53,6 +54,7 @@ def render_report(
     console: Console | None = None,
     *,
     backend: str = "pytorch-grad-cam",
+    cam_method: str = "GradCAM",
     tree: bool = False,
     model_summary: ModelSummary | None = None,
     source: str | None = None,
@@ -81,7 +83,7 @@ def render_report(
             if preview is None or report.gradcam is None:
                 yield Text()
             yield from findings
-        yield from _specs(report, backend, full=True)
+        yield from _specs(report, backend, cam_method, full=True)
         if tree:
             yield Text()
             yield from _tree_section(report, model_summary)
@@ -90,7 +92,7 @@ def render_report(
         return
     # Compact: the verdicts, then ruled sections with no blank lines between them (each rule
     # already separates), then the closing line. The seed ViT fits in 40 lines this way.
-    sections = [*_compact_findings(report), *_specs(report, backend, full=False)]
+    sections = [*_compact_findings(report), *_specs(report, backend, cam_method, full=False)]
     if tree:
         sections.extend(_tree_section(report, model_summary))
     if sections:
@@ -468,12 +470,21 @@ def _names_layer(message: str, where: str) -> bool:
 # --- specs --------------------------------------------------------------------------------------
 
 
-def _specs(report: Report, backend: str, *, full: bool) -> Iterator[RenderableType]:
+def _specs(report: Report, backend: str, cam_method: str = "GradCAM", *, full: bool) -> Iterator[RenderableType]:
     if "gradcam" in report.methods and report.gradcam is not None:
+        title = "Grad-CAM" if cam_method == "GradCAM" else cam_method
         if full:
             yield Text()
-        yield Rule(f"Grad-CAM spec for {backend} — paste this", align="left", style="green")
-        yield _code(report.gradcam.code(backend))
+        try:
+            snippet = report.gradcam.code(backend, method=cam_method)
+        except MethodUnsupportedError as refusal:
+            # The layer works for Grad-CAM; only the method asked for cannot, and the report says
+            # why - in the compact report too, since it replaces the snippet that was asked for.
+            yield Rule(f"{title} spec for {backend} — not possible on this layer", align="left", style="red")
+            yield Text(f"{refusal.code} {refusal}")
+        else:
+            yield Rule(f"{title} spec for {backend} — paste this", align="left", style="green")
+            yield _code(snippet)
     if "rollout" in report.methods and report.rollout is not None:
         # The compact report keeps the capture-and-rollout form; -v adds capturing during
         # the user's own forward pass.

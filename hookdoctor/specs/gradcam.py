@@ -108,7 +108,7 @@ class ScoreModel(nn.Module):
             image = image.clone()
         if not image.requires_grad:
             image = image.detach().requires_grad_(True)
-        call = template.with_image(image)
+        call = template.for_batch(int(image.shape[0])).with_image(image)
         if self.pre_activation is None:
             return self.selector(call.call(self.model))
         captured: dict[str, torch.Tensor] = {}
@@ -226,15 +226,26 @@ class GradCAMSpec:
     reasons: tuple[str, ...] = field(default_factory=tuple)
     score: str = "logits"
     call_index: int | None = None
+    # The example input's shape: ShapleyCAM's double-backward check runs on an input like it.
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def module_name(self) -> str:
         """The dotted name of the module in the model passed in (``layer_name`` without ``#k``)."""
         return self.layer_name if self.call_index is None else self.layer_name.rsplit("#", 1)[0]
 
-    def pytorch_grad_cam_kwargs(self) -> dict[str, Any]:
-        """``dict(model=..., target_layers=[...], reshape_transform=...)`` for ``pytorch_grad_cam.GradCAM``."""
-        return {"model": self.model, "target_layers": [self.layer], "reshape_transform": self.reshape_transform}
+    def pytorch_grad_cam_kwargs(self, method: str = "GradCAM") -> dict[str, Any]:
+        """Keyword arguments for the pytorch-grad-cam class ``method`` (by class name) on this layer.
+
+        ``dict(model=..., target_layers=[...], reshape_transform=...)``, plus what the method
+        needs for this layer: AblationCAM gets an ablation layer that knows the layout and a
+        model it cannot swap modules into, ShapleyCAM a model with double-differentiable
+        attention whose grid view it hooks. Raises ``InputError`` for an unknown method and
+        ``MethodUnsupportedError`` (with a code) where the method cannot work on this model.
+        """
+        from hookdoctor.specs.cam_family import method_kwargs
+
+        return method_kwargs(self, method)
 
     def captum(self) -> Any:
         """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, H, W]``."""
@@ -280,11 +291,11 @@ class GradCAMSpec:
         adapter = CaptumAdapter(self.model, self.layer, transform)
         return TorchcamGradCAM(adapter, target_layer="grid_view")
 
-    def code(self, backend: str = "pytorch-grad-cam") -> str:
-        """A copy-paste snippet for ``"pytorch-grad-cam"``, ``"captum"`` or ``"torchcam"``."""
+    def code(self, backend: str = "pytorch-grad-cam", method: str = "GradCAM") -> str:
+        """A copy-paste snippet for ``"pytorch-grad-cam"`` (any CAM class, by name), ``"captum"`` or ``"torchcam"``."""
         from hookdoctor.specs.snippets import gradcam_snippet
 
-        return gradcam_snippet(self, backend)
+        return gradcam_snippet(self, backend, method)
 
     def to_dict(self) -> dict[str, Any]:
         found = {

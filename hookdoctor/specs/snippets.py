@@ -53,9 +53,23 @@ def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
     if template is None:
         return [], "self.model(x)"
     slot = template.image_slot
+    # AblationCAM and ScoreCAM run the model on copies of one image: the inputs held fixed
+    # come in as many copies (ModelInput.for_batch).
+    repeat = "v.repeat(len(x), *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() and len(v) == 1 else v"
+    held = "# a batch of copies (AblationCAM, ScoreCAM): the other inputs too"
     if isinstance(slot, str):
-        return ["            kwargs = dict(self.inputs)", f"            kwargs[{slot!r}] = x"], "self.model(**kwargs)"
-    return ["            args = list(self.inputs)", f"            args[{slot}] = x"], "self.model(*args)"
+        return [
+            "            kwargs = dict(self.inputs)",
+            f"            if len(x) != len(kwargs[{slot!r}]):  {held}",
+            f"                kwargs = {{k: {repeat} for k, v in kwargs.items()}}",
+            f"            kwargs[{slot!r}] = x",
+        ], "self.model(**kwargs)"
+    return [
+        "            args = list(self.inputs)",
+        f"            if len(x) != len(args[{slot}]):  {held}",
+        f"                args = [{repeat} for v in args]",
+        f"            args[{slot}] = x",
+    ], "self.model(*args)"
 
 
 def _eager_model(spec: GradCAMSpec) -> str:
@@ -164,9 +178,73 @@ def _call_router(spec: GradCAMSpec) -> list[str]:
     ]
 
 
-def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
+def _method_lines(
+    spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str], layer_lines: list[str], layer: str
+) -> tuple[list[str], list[str], list[str]]:
+    """(imports, reshape definition, construction lines) that build ``cam`` for one pytorch-grad-cam class.
+
+    ``layer_lines`` find the hooked module and ``layer`` names it: ``layer`` itself, or for
+    a per-call spec ``routed.call``, the identity through which ``model_expr`` (the router)
+    passes that call alone. Every method's helper takes the router and its identity as it
+    would take a model and its layer.
+    """
+    from hookdoctor.specs.gradcam import Float32Maps
+
+    imports = [f"from pytorch_grad_cam import {method}"]
+    if method in ("AblationCAM", "ShapleyCAM"):
+        # Both wrap the layer's layout in hookdoctor's helpers, which need the geometry as an object;
+        # a bfloat16 layer's maps are cast for numpy by Float32Maps around it, as in the kwargs.
+        geometry = spec.layout.transform()
+        cast = isinstance(spec.reshape_transform, Float32Maps)
+        transform = "reshape_transform" if geometry is not None else "None"
+        definition = [f"reshape_transform = {geometry!r}", ""] if geometry is not None else []
+        imports += ["from hookdoctor import ReshapeTransform"] if geometry is not None else []
+        imports += ["from hookdoctor.specs.gradcam import Float32Maps"] if cast else []
+        maps = f"Float32Maps({'' if geometry is None else transform})" if cast else transform
+        if method == "AblationCAM":
+            imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
+            return imports, definition, [
+                *layer_lines,
+                "# An ablation layer that ablates channels of the layer's [B, C, H, W] view, whatever its layout;",
+                "# AblationModel applies it by a hook, so AblationCAM never swaps a module into `model`.",
+                f"ablation_layer = GridAblationLayer({transform})",
+                f"cam = AblationCAM(model=AblationModel({model_expr}, {layer}, ablation_layer),"
+                f" target_layers=[{layer}],",
+                f"                  reshape_transform={maps}, ablation_layer=ablation_layer, batch_size=32)",
+            ]
+        imports.append("from hookdoctor.specs.cam_family import SecondOrderModel")
+        return imports, definition, [
+            *layer_lines,
+            "# ShapleyCAM differentiates twice: SecondOrderModel runs attention with the math kernel (the fused",
+            "# ones have no double backward) and hooks the layer as a [B, C, H, W] grid (ShapleyCAM would skip",
+            "# reshape_transform for the activations it weighs).",
+            f"second_order = SecondOrderModel({model_expr}, {layer}, {transform})",
+            "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer],"
+            f" reshape_transform={'Float32Maps()' if cast else 'None'})",
+        ]
+    lines = [
+        *layer_lines,
+        f"cam = {method}(model={model_expr}, target_layers=[{layer}],"
+        f" reshape_transform={'reshape_transform' if reshape else 'None'})",
+    ]
+    if method == "ScoreCAM":
+        lines.append("cam.batch_size = 16  # ScoreCAM runs one forward pass per channel, this many at a time")
+    return imports, reshape, lines
+
+
+def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    from hookdoctor.specs.cam_family import resolve_method
+
+    method = resolve_method(method)
+    if backend != "pytorch-grad-cam" and method != "GradCAM":
+        raise InputError(
+            f"The method {method} is a pytorch-grad-cam class; the {backend} snippet is Grad-CAM only. "
+            "Use the pytorch-grad-cam backend for other CAM methods."
+        )
+    # The same checks as the kwargs: a method that cannot work raises its coded error here too.
+    spec.pytorch_grad_cam_kwargs(method)
     from hookdoctor.specs.gradcam import Float32Maps
 
     wrapper, model_expr = _score_wrapper(spec)
@@ -188,17 +266,17 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
         compiled = []
         if eager != "model":
             compiled = [f"# {eager}: the eager module; a compiled backward cannot run twice (retain_graph)"]
+        imports, definition, construction = _method_lines(spec, method, model_expr, reshape, layer_lines, layer_expr)
         lines += [
-            "from pytorch_grad_cam import GradCAM",
+            imports[0],
             "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
+            *imports[1:],
             "",
-            *reshape,
+            *definition,
             *wrapper,
             *router,
-            *layer_lines,
             *compiled,
-            f"cam = GradCAM(model={model_expr}, target_layers=[{layer_expr}],"
-            f" reshape_transform={'reshape_transform' if reshape else 'None'})",
+            *construction,
             "with torch.enable_grad():  # it backpropagates from the score outside the model: also under no_grad",
             "    heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
             "  # [B, H_in, W_in], in [0, 1]",
