@@ -69,6 +69,20 @@ def _transformers_major() -> int | None:
     return int(version.split(".")[0]) if isinstance(version, str) else None
 
 
+def _output_attentions_gives(owner: nn.Module | None) -> str:
+    """What ``output_attentions=True`` gives a user of this SDPA model; it differs by transformers version."""
+    major = _transformers_major()
+    if major is None or major >= 5:
+        return "output_attentions=True returns an empty tuple () and a rollout over it is all zeros or NaN"
+    if owner is not None and "Sdpa" in type(owner).__name__:
+        # transformers 4.x's *SdpaSelfAttention classes (BEiT, Data2VecVision) re-run eager when asked.
+        return (
+            "hooks see none in the default forward; only output_attentions=True gets them, because "
+            "transformers then re-runs the attention eager for that call (with a warning)"
+        )
+    return "output_attentions=True returns None in their place and a rollout over it fails or is all zeros"
+
+
 # -- refusals ------------------------------------------------------------------------------------
 def _refusal(model: nn.Module, seen: Observation, prefix: str) -> Diagnostic | None:
     sites = seen.sites
@@ -142,14 +156,11 @@ def _setting_diagnostics(model: nn.Module, blocks: Sequence[AttentionSite], pref
         first = _named(prefix, fused[0].module)
         owner = _owner_module(model, fused[0].module)
         if implementation is not None and implementation != "eager":
-            major = _transformers_major()
-            empty = "an empty tuple ()" if major is None or major >= 5 else "None"
             out.append(Diagnostic.of(
                 "HD501",
                 f"{first}{_more(fused)} run torch's scaled_dot_product_attention "
                 f"(config._attn_implementation={implementation!r}), which never materialises the attention "
-                "probabilities, so "
-                f"output_attentions=True returns {empty} and a rollout over it is all zeros or NaN.",
+                f"probabilities, so {_output_attentions_gives(owner)}.",
                 "Nothing to change: the spec captures the probabilities by computing "
                 "softmax(q·kᵀ·scale + mask) beside each scaled_dot_product_attention call, leaving the "
                 "model's outputs unchanged; for your own code, model.set_attn_implementation('eager') "
