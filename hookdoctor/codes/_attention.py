@@ -13,7 +13,7 @@ CODES = (
         """transformers 5.x and recent 4.x default to `sdpa`, timm to `fused_attn=True`; both call
 `torch.nn.functional.scaled_dot_product_attention`, which returns only the attended
 values. `output_attentions=True` then gives an empty tuple (transformers 5) or `None`
-(4.x; one `None` per layer for CLIP, while 4.x BEiT re-runs that call eager), hooks on
+(4.x, for the tuple or per layer; 4.x BEiT re-runs that call eager instead), hooks on
 `attn_drop` fire zero times, and rollout over an empty list is all zeros or NaN - often
 with no warning (SigLIP never warns, transformers warns once per process).
 
@@ -43,7 +43,8 @@ effective setting is the one each attention module uses at call time, which hook
 reads module by module.
 
 Nothing to do for the spec (it captures either way); to switch for your own code, set
-`model.set_attn_implementation("eager")` (transformers) or `m.fused_attn = False` on every
+`model.set_attn_implementation("eager")` (transformers; before it existed, load with
+`from_pretrained(..., attn_implementation="eager")`) or `m.fused_attn = False` on every
 timm attention module.""",
     ),
     Code(
