@@ -146,7 +146,7 @@ def test_report_json_round_trips() -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["schema_version"] == 1 and data["ok"] is True
     assert data["gradcam"]["layer_name"] == report.gradcam.layer_name
-    # HD501 (fused attention) where the model runs SDPA: not on transformers 4.40, whose ViT is eager.
+    # HD501 (fused attention) where the model runs SDPA, as ViT does from transformers 4.41 on.
     fused = {"HD501"} if default_attention(model) == "sdpa" else set()
     assert {d["code"] for d in data["diagnostics"]} == {"HD001", "HD201", "HD301"} | fused
     assert data["environment"]["attn_implementation"] == default_attention(model)

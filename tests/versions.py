@@ -45,7 +45,8 @@ def swin_attention(stage: int, block: int, root: str = "swin") -> str:
 def default_attention(model: nn.Module) -> str:
     """The implementation transformers picks when nobody asks: ``sdpa`` where the class supports it.
 
-    transformers 4.40 has no SDPA path for ViT, DeiT, BEiT, DINOv2, CLIP, SigLIP or Swin, so they run eager there.
+    At transformers 4.41 ViT and DeiT have an SDPA path but BEiT, DINOv2, CLIP and SigLIP do
+    not, so they run eager there; from 4.57 on all of them default to SDPA.
     """
     return "sdpa" if getattr(type(model), "_supports_sdpa", False) else "eager"
 
