@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import assert_working_map, spec_gradcam
+from helpers import assert_working_map, marked_by_library, spec_gradcam
 from torch import nn
 
 import hookdoctor
@@ -84,7 +84,7 @@ def _untouched(model: nn.Module) -> dict:
     }
 
 
-@pytest.mark.parametrize("name", list(BREADTH))
+@pytest.mark.parametrize("name", marked_by_library(BREADTH))
 def test_every_method_has_a_working_spec_or_a_coded_refusal(name: str) -> None:
     build, shape, gradcam_expected, rollout_refusal = BREADTH[name]
     model = build()

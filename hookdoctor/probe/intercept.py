@@ -180,7 +180,13 @@ class _AttentionMode(TorchFunctionMode):
         heads = int(output.shape[1]) if output.dim() == 4 else int(getattr(module, "num_heads", 1) or 1)
         if output.dim() == 3 and output.shape[0] % heads:
             heads = 1
-        self._sink(AttentionEvent("softmax", name, _as_4d(output, heads), heads, output.requires_grad, shape))
+        probs = _as_4d(output, heads)
+        self._sink(AttentionEvent("softmax", name, probs, heads, output.requires_grad, shape))
+        if probs is not output:
+            # A softmax over [B*heads, T, T] (transformers 4.x CLIP/SigLIP eager) is recorded as a
+            # reshaped view; hand the caller a view of that view (same values, same storage) so
+            # the recorded tensor is the one the forward goes on with and gradients reach it.
+            return probs.reshape(output.shape)
         return output
 
     def _mha(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
