@@ -4,48 +4,35 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
+import torch
 from torch import nn
 
+from hookdoctor import arguments
 from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
-from hookdoctor.errors import InputError
+from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
-from hookdoctor.model.guard import preserved
-from hookdoctor.model.inputs import resolve_input
+from hookdoctor.model.guard import preserved, refuse_lazy_modules
+from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
 from hookdoctor.model.memory import guard_pass
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
+from hookdoctor.probe.record import Probe
 from hookdoctor.probe.run import recorded_pass
 from hookdoctor.report import Diagnostic, LayerVerdict, Report, sort_diagnostics
 from hookdoctor.specs.gradcam import GradCAMSpec
 
-METHODS = ("gradcam", "rollout")
-
-
-def _methods(methods: str | Iterable[str]) -> tuple[str, ...]:
-    wanted = (methods,) if isinstance(methods, str) else tuple(methods)
-    if "all" in wanted:
-        wanted = METHODS
-    unknown = [m for m in wanted if m not in METHODS]
-    if unknown or not wanted:
-        raise InputError(
-            f"Unknown method(s) {unknown or wanted!r}: methods must be a tuple of "
-            f"{', '.join(repr(m) for m in METHODS)} (or 'all')."
-        )
-    return tuple(dict.fromkeys(wanted))
-
-
-def _layer_names(layer: str | Sequence[str] | None) -> list[str]:
-    if layer is None:
-        return []
-    return [layer] if isinstance(layer, str) else list(layer)
+# Rollout refusals that mean the model has no image-wide token attention at all: under
+# methods="auto" rollout does not apply to such a model, rather than failing on it.
+NO_TOKEN_ATTENTION = ("HD506", "HD507", "HD508")
 
 
 def inspect(
@@ -54,14 +41,18 @@ def inspect(
     *,
     input_shape: Sequence[int] | None = None,
     target: int | None = None,
-    methods: str | Iterable[str] = METHODS,
+    methods: str | Iterable[str] = arguments.DEFAULT_METHODS,
     layer: str | Sequence[str] | None = None,
     output: str | int | None = None,
     structure_only: bool = False,
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
-    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``output`` names
+    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``methods="auto"``
+    (the default) judges Grad-CAM, plus rollout where the model computes image-wide token
+    attention; elsewhere rollout is reported as not applicable (HD514, info) and ``report.ok``
+    depends on Grad-CAM alone. Arguments are checked first (``hookdoctor.arguments``): a
+    wrong one raises InputError saying what to pass. ``output`` names
     the score in a model that returns several (a ModelOutput field or dict key, or a tuple
     index); by default the ``logits`` field, else the first 2-D tensor, is explained. The
     model comes back untouched: hooks, training flags, requires_grad, .grad, attention
@@ -74,8 +65,15 @@ def inspect(
     values (``report.not_run``). Without it, a model whose pass would not fit in memory
     raises ``InsufficientMemoryError`` suggesting it.
     """
-    wanted = _methods(methods)
+    chosen = arguments.parse_methods(methods)
+    wanted = chosen.wanted
+    target = arguments.parse_target(target)
+    output = arguments.parse_output(output)
+    requested = arguments.parse_layer(layer)
     inner, prefix, wrappers = unwrap(model)
+    shape = arguments.parse_input_shape(input_shape)
+    # Before anything reads the parameters (the memory guard, the meta copy): a Lazy one cannot be read.
+    refuse_lazy_modules(inner)
     built_on_meta = is_meta(inner)
     if built_on_meta and not structure_only:
         raise InputError(
@@ -85,8 +83,9 @@ def inspect(
         )
     # The pass runs on `runner`: the model itself, or its weightless copy for a structure-only look.
     runner = meta_copy(inner) if structure_only and not built_on_meta else inner
-    shape = tuple(input_shape) if input_shape is not None else None
-    model_input = resolve_input(runner, example_input, shape)
+    model_input = _normal_tensors(resolve_input(runner, example_input, shape))
+    # Kept before the move to the meta device: report.figure() needs the user's own input back.
+    example = ExampleImage.of(model_input, made_here=example_input is None)
     if structure_only:
         model_input = meta_input(model_input)
     else:
@@ -103,7 +102,6 @@ def inspect(
                 "Nothing to do: the spec's layer is the module your model holds.",
             )
         )
-    requested = _layer_names(layer)
     if len(requested) > 1:
         diagnostics.append(
             Diagnostic.of(
@@ -115,10 +113,13 @@ def inspect(
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
-    with preserved(model if runner is inner else runner):
+    # A structure-only pass on a weightless copy leaves the user's model alone: guarding the copy
+    # avoids a CPU copy of every weight (the memory structure-only is there to save).
+    with preserved(model if runner is inner else runner), _outside_inference_mode():
         was_training = inner.training
         runner.eval()
         with recorded_pass(runner, model_input, target, prefix, output) as probe:  # the one recorded pass
+            _refuse_non_finite_scores(probe)
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_nondeterministic())
@@ -135,6 +136,8 @@ def inspect(
                     prefix_hint=analysis.context.prefix_hint,
                     was_training=was_training,
                 )
+                if not chosen.named("rollout"):
+                    wanted, found = _rollout_not_applicable(wanted, found)
                 diagnostics += found
             summaries = analysis.summaries()
             # the top class, or `target`; a structure-only pass has no top class
@@ -145,6 +148,7 @@ def inspect(
         aliases = _aliases(build_tree(runner, prefix), all_verdicts)
 
     def check_layer(name: str) -> LayerVerdict:
+        name = arguments.layer_name(name)
         if name in all_verdicts:
             return all_verdicts[name]
         if name in aliases:  # the same module object under a second name
@@ -172,7 +176,55 @@ def inspect(
         _judge=check_layer,
         structure_only=structure_only,
         not_run=NOT_RUN_WITHOUT_VALUES if structure_only else (),
+        _model=model,
+        _example=example,
     )
+
+
+@contextmanager
+def _outside_inference_mode() -> Iterator[None]:
+    """Run the passes with autograd able to record, in the caller's grad mode.
+
+    Under ``torch.inference_mode()`` nothing can be differentiated; leaving it (and
+    putting back the grad mode it turned off) lets the probe run as it would under
+    ``torch.no_grad()``, which the specs are made for (HD005).
+    """
+    grad_enabled = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.set_grad_enabled(grad_enabled):
+        yield
+
+
+def _normal_tensors(model_input: ModelInput) -> ModelInput:
+    """The input with tensors made under ``inference_mode`` copied: autograd cannot save those."""
+
+    def normal(value: Any) -> Any:
+        return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
+
+    with torch.inference_mode(False):  # a copy made inside inference_mode would be an inference tensor
+        return ModelInput(
+            tuple(normal(a) for a in model_input.args),
+            {k: normal(v) for k, v in model_input.kwargs.items()},
+            model_input.image_slot,
+        )
+
+
+def _rollout_not_applicable(
+    wanted: tuple[str, ...], found: list[Diagnostic]
+) -> tuple[tuple[str, ...], list[Diagnostic]]:
+    """Under methods="auto": a model without token attention gets HD514 (info), and no rollout to judge."""
+    refusal = next((d for d in found if d.code in NO_TOKEN_ATTENTION and d.severity == "error"), None)
+    if refusal is None:
+        return wanted, found
+    note = Diagnostic.of(
+        "HD514",
+        refusal.message,
+        "Nothing to do: Grad-CAM alone is judged. Ask for rollout by name (methods=('rollout',), "
+        f"--method rollout) to see it refused as {refusal.code}.",
+        layer=refusal.layer,
+        method=arguments.ROLLOUT,
+    )
+    rest = [d for d in found if d is not refusal and d.method != arguments.ROLLOUT]
+    return tuple(m for m in wanted if m != arguments.ROLLOUT), [note, *rest]
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -187,6 +239,18 @@ def _nondeterministic() -> Diagnostic:
         "something random runs at inference, so every map changes from call to call.",
         "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
         "explaining it; hookdoctor explain HD006.",
+    )
+
+
+def _refuse_non_finite_scores(probe: Probe) -> None:
+    """NaN or inf scores on a finite input: no gradient and no map would mean anything."""
+    value = probe.score_value
+    if value is None or value.is_meta or bool(torch.isfinite(value.detach()).all()):
+        return
+    raise ModelRunError(
+        f"The model's scores contain NaN or inf on a finite input of shape {tuple(probe.input_image.shape)}, so no "
+        "gradient and no map means anything. Check the weights (a checkpoint holding NaN), float16 "
+        "overflow, or a division by zero in the forward, then rerun."
     )
 
 

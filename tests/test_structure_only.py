@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import assert_working_map, spec_gradcam
+from helpers import assert_working_map, marked_by_library, spec_gradcam
 from test_zoo import ZOO
 
 import hookdoctor
@@ -57,7 +57,7 @@ def _structure(report: hookdoctor.Report) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("name", COMPARED)
+@pytest.mark.parametrize("name", marked_by_library(COMPARED))
 def test_structure_only_agrees_with_a_full_inspect(name: str) -> None:
     build, shape, _ = ZOO[name]
     model = build()
@@ -77,6 +77,7 @@ def test_structure_only_agrees_with_a_full_inspect(name: str) -> None:
         assert meta.gradcam.layer is model.get_submodule(meta.gradcam.module_name)
 
 
+@pytest.mark.timm
 def test_a_structure_only_spec_works_on_the_real_model() -> None:
     """Chosen without values, the layer still gives a working map on real weights (pytorch-grad-cam)."""
     build, shape, _ = ZOO["timm-vit_tiny"]
@@ -87,6 +88,7 @@ def test_a_structure_only_spec_works_on_the_real_model() -> None:
     assert_working_map(heatmap, spec.grid)
 
 
+@pytest.mark.timm
 def test_a_model_built_on_the_meta_device() -> None:
     timm = pytest.importorskip("timm")
     with torch.device("meta"):
@@ -105,6 +107,7 @@ def test_a_model_built_on_the_meta_device() -> None:
         hookdoctor.inspect(model, input_shape=(1, 3, 64, 64))
 
 
+@pytest.mark.timm
 def test_structure_only_keeps_the_graph_findings() -> None:
     """HD005 (frozen parameters) comes from the autograd graph: the meta pass sees it too."""
     build, shape, _ = ZOO["timm-resnet18"]
@@ -126,6 +129,7 @@ def test_the_memory_guard_names_the_figure_and_the_way_out() -> None:
     ensure_fits(MemoryEstimate(1000, 4000, 4000), torch.device("cpu"), "tiny")  # fits: no error
 
 
+@pytest.mark.timm
 def test_inspect_refuses_a_pass_that_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The guard measures the pass on a weightless copy; with little memory left, inspect stops first."""
     from hookdoctor.model import memory
@@ -137,6 +141,7 @@ def test_inspect_refuses_a_pass_that_would_not_fit(monkeypatch: pytest.MonkeyPat
     assert hookdoctor.inspect(model, input_shape=(1, 3, 64, 96), structure_only=True).gradcam is not None
 
 
+@pytest.mark.timm
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_model_on_cuda_is_inspected_where_it_lives() -> None:
     build, shape, _ = ZOO["timm-vit_tiny"]
@@ -160,6 +165,7 @@ def at_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
 
 
+@pytest.mark.transformers
 def test_cli_structure_only_json(
     at_root: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -178,6 +184,7 @@ def test_cli_structure_only_json(
     assert err == ""  # no progress line under --json
 
 
+@pytest.mark.transformers
 def test_cli_structure_only_report_says_what_a_full_run_adds(at_root: None, capsys: pytest.CaptureFixture[str]) -> None:
     from hookdoctor.checks.structure import FULL_RUN_ADDS
     from hookdoctor.cli import main
@@ -188,6 +195,7 @@ def test_cli_structure_only_report_says_what_a_full_run_adds(at_root: None, caps
     assert " ".join(FULL_RUN_ADDS.split()) in out
 
 
+@pytest.mark.transformers
 def test_cli_memory_guard_exits_2_before_building(
     at_root: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -200,6 +208,7 @@ def test_cli_memory_guard_exits_2_before_building(
     assert "--structure-only" in err and "GiB" in err and "Traceback" not in err
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -217,6 +226,7 @@ def test_cli_device_errors(
     assert message in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.transformers
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cli_device_cuda_without_cuda(at_root: None, capsys: pytest.CaptureFixture[str]) -> None:
     from hookdoctor.cli import main
@@ -225,6 +235,7 @@ def test_cli_device_cuda_without_cuda(at_root: None, capsys: pytest.CaptureFixtu
     assert "no CUDA device" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.transformers
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cli_device_cuda(at_root: None) -> None:
     from hookdoctor.cli import main

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor.errors import InputError
+from hookdoctor.errors import InputError, InsufficientMemoryError
+from hookdoctor.model import memory
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,25 @@ class ModelInput:
         kwargs = dict(self.kwargs)
         kwargs[self.image_slot] = image
         return ModelInput(self.args, kwargs, self.image_slot)
+
+    def for_batch(self, batch: int) -> ModelInput:
+        """The inputs for an image batch of ``batch``: the other inputs of batch 1 repeated to it.
+
+        AblationCAM and ScoreCAM run the model on copies of one image; the inputs held fixed
+        (a two-view model's other view, a mask) must come in as many copies, or the model
+        fails on mismatched batch sizes. Inputs of another batch size are left as they are.
+        """
+        if batch == self.batch:
+            return self
+
+        def held(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1:
+                return value.repeat(batch, *([1] * (value.dim() - 1)))
+            return value
+
+        return ModelInput(
+            tuple(held(a) for a in self.args), {k: held(v) for k, v in self.kwargs.items()}, self.image_slot
+        )
 
     def call(self, model: nn.Module) -> Any:
         return model(*self.args, **self.kwargs)
@@ -100,6 +122,12 @@ def resolve_input(
     input_shape: tuple[int, ...] | None = None,
 ) -> ModelInput:
     """Turn what the user gave (or nothing) into a ModelInput, or raise InputError."""
+    model_input = _resolve(model, example_input, input_shape)
+    _refuse_unusable(model_input)
+    return model_input
+
+
+def _resolve(model: nn.Module, example_input: Any, input_shape: tuple[int, ...] | None) -> ModelInput:
     if example_input is not None and input_shape is not None:
         raise InputError(
             "Both example_input and input_shape were given; pass one of them: the example input "
@@ -121,6 +149,7 @@ def resolve_input(
         device, dtype = _device_and_dtype(model)
         if device.type == "meta":  # structure only: a shape, no values, no memory
             return ModelInput((torch.empty(*map(int, shape), device=device, dtype=dtype),), {}, 0)
+        _refuse_oversized(tuple(int(s) for s in shape), dtype, device)
         generator = torch.Generator().manual_seed(0)
         image = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32)
         return ModelInput((image.to(device=device, dtype=dtype),), {}, 0)
@@ -154,3 +183,78 @@ def resolve_input(
     raise InputError(
         f"example_input must be a Tensor, a tuple of Tensors or a dict of Tensors, not {type(example_input).__name__}."
     )
+
+
+# One forward and backward with every activation kept holds many tensors of the input's
+# size; an input whose size times this factor exceeds the free memory cannot be run.
+ACTIVATION_FACTOR = 16
+
+
+def _refuse_oversized(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse an input_shape whose tensor (and the pass around it) cannot fit, before allocating it."""
+    needed = math.prod(shape) * dtype.itemsize
+    # The one measure of free memory (model/memory.py), shared with the full-size pass guard.
+    available = memory.available_bytes(device)
+    if available is None or needed * ACTIVATION_FACTOR <= available:
+        return
+    raise InsufficientMemoryError(
+        f"input_shape {shape} would need {_size(needed)} for the {dtype} input tensor alone, and one forward "
+        f"and backward keeps many activations of that size; {_size(available)} of memory is available on "
+        f"{device}. Pass a smaller input_shape such as (1, {shape[1]}, 224, 224) (--input-shape "
+        f"1,{shape[1]},224,224): which layers work does not depend on the image size for most models. "
+        "Or inspect the structure alone on the meta device, which needs no memory: --structure-only "
+        "(inspect(..., structure_only=True))."
+    )
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} TB"
+
+
+def _refuse_unusable(model_input: ModelInput) -> None:
+    """An empty batch or non-finite values: no map and no gradient could mean anything."""
+    image = model_input.image
+    if image.shape[0] == 0 or image.numel() == 0:
+        raise InputError(
+            f"example_input has shape {tuple(image.shape)}: it holds no image (a size is 0), so there is "
+            "nothing to run or explain. Pass at least one image, e.g. torch.randn(1, 3, 224, 224)."
+        )
+    tensors = [*model_input.args, *model_input.kwargs.values()]
+    for value in tensors:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_meta:
+            if not bool(torch.isfinite(value).all()):
+                kind = "NaN" if bool(torch.isnan(value).any()) else "inf"
+                raise InputError(
+                    f"example_input contains {kind} values (shape {tuple(value.shape)}): every score and "
+                    "gradient computed from it is non-finite, so no layer can be judged. Pass finite "
+                    "values, e.g. a normalised image or torch.randn(...); check the preprocessing "
+                    "(division by a zero std, a log of 0)."
+                )
+
+
+@dataclass(frozen=True)
+class ExampleImage:
+    """How to get the example image back after ``inspect`` without keeping a tensor.
+
+    A random input hookdoctor made is made again (same shape, same seed); an input the
+    user gave is held by a weak reference, so it is there as long as the user keeps it.
+    """
+
+    shape: tuple[int, ...]
+    made_here: bool
+    given: weakref.ReferenceType[torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, model_input: ModelInput, made_here: bool) -> ExampleImage:
+        image = model_input.image
+        return cls(tuple(int(s) for s in image.shape), made_here, None if made_here else weakref.ref(image))
+
+    def recall(self, model: nn.Module) -> torch.Tensor | None:
+        """The example image, or None when the user's tensor is gone."""
+        if self.made_here:
+            return resolve_input(model, None, self.shape).image
+        return self.given() if self.given is not None else None

@@ -282,6 +282,7 @@ def _differentiate(
         selector=selector,
         other_heads=other_heads,
         output_structure=describe(output),
+        dtype=logits.dtype,
         target=int(target_idx[0]) if values else int(target or 0),
         pre_activation=pre_activation,
         saturated=saturated,
