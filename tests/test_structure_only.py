@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import torch
 from helpers import assert_working_map, marked_by_library, spec_gradcam
+from packaging.version import Version
 from test_zoo import ZOO
+from versions import has_transformers_class, vit_block
 
 import hookdoctor
 from hookdoctor.errors import InputError, InsufficientMemoryError
@@ -57,7 +59,13 @@ def _structure(report: hookdoctor.Report) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("name", marked_by_library(COMPARED))
+@pytest.mark.parametrize(
+    "name",
+    marked_by_library(
+        COMPARED,
+        extra={"hf-dinov2_registers": has_transformers_class("Dinov2WithRegistersForImageClassification", "4.48")},
+    ),
+)
 def test_structure_only_agrees_with_a_full_inspect(name: str) -> None:
     build, shape, _ = ZOO[name]
     model = build()
@@ -91,8 +99,14 @@ def test_a_structure_only_spec_works_on_the_real_model() -> None:
 @pytest.mark.timm
 def test_a_model_built_on_the_meta_device() -> None:
     timm = pytest.importorskip("timm")
-    with torch.device("meta"):
-        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=64).eval()
+    try:
+        with torch.device("meta"):
+            model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=64).eval()
+    except RuntimeError as exc:
+        # Older timm reads values while it builds (drop-path rates through .item()), which the
+        # meta device has none of: the library's own limit, before hookdoctor is involved.
+        assert "meta" in str(exc) and Version(timm.__version__) < Version("1.0.31")
+        return
     report = hookdoctor.inspect(model, input_shape=(1, 3, 64, 64), structure_only=True)
     assert report.gradcam is not None and report.gradcam.layer_name == "blocks.1.norm1"
     assert report.gradcam.layer is model.blocks[1].norm1
@@ -180,7 +194,7 @@ def test_cli_structure_only_json(
     found = json.loads(out)
     assert found["structure_only"] is True and found["not_run"]
     assert found["gradcam"]["verified"] is False and found["rollout"]["verified"] is False
-    assert found["gradcam"]["layer_name"] == "vit.layers.5.layernorm_before"
+    assert found["gradcam"]["layer_name"] == vit_block(5) + ".layernorm_before"
     assert err == ""  # no progress line under --json
 
 
