@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import networkx as nx
+import torch
 from torch import nn
 
 from hookdoctor.checks.attention import analyse_attention
@@ -16,7 +18,8 @@ from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.errors import InputError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
-from hookdoctor.model.inputs import resolve_input
+from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
 from hookdoctor.probe.run import recorded_pass
@@ -54,18 +57,26 @@ def inspect(
     methods: str | Iterable[str] = METHODS,
     layer: str | Sequence[str] | None = None,
     output: str | int | None = None,
+    explain: str | int | None = None,
+    task: str | None = None,
+    reference: torch.Tensor | None = None,
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
     See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``output`` names
     the score in a model that returns several (a ModelOutput field or dict key, or a tuple
-    index); by default the ``logits`` field, else the first 2-D tensor, is explained. The
-    model comes back untouched: hooks, training flags, requires_grad, .grad, attention
+    index); by default the ``logits`` field, else the first 2-D tensor, is explained.
+    ``explain`` names the entry of a dict (or tuple) example input that the map covers;
+    ``task`` overrides the task read off the output (classification, segmentation,
+    embedding, detection); ``reference`` is the embedding an embedding model's similarity
+    is explained to. The model comes back untouched: hooks, training flags, requires_grad, .grad, attention
     settings and parameters are as they were, also when its forward raises.
     """
     wanted = _methods(methods)
     inner, prefix, wrappers = unwrap(model)
-    model_input = resolve_input(inner, example_input, tuple(input_shape) if input_shape is not None else None)
+    model_input = resolve_input(
+        inner, example_input, tuple(input_shape) if input_shape is not None else None, explain=explain
+    )
     diagnostics: list[Diagnostic] = []
     if wrappers:
         diagnostics.append(
@@ -91,7 +102,13 @@ def inspect(
     with preserved(model):
         was_training = inner.training
         inner.eval()
-        with recorded_pass(inner, model_input, target, prefix, output) as probe:  # the one recorded pass
+        try:
+            pass_ = recorded_pass(inner, model_input, target, prefix, output, task=task, reference=reference)
+            probe = pass_.__enter__()  # the one recorded pass
+        except TaskRefusal as refusal:
+            return _refused(model, inner, model_input, wanted, diagnostics, refusal)
+        with contextlib.ExitStack() as scope:
+            scope.push(pass_)
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_nondeterministic())
@@ -111,6 +128,7 @@ def inspect(
                 diagnostics += found
             summaries = analysis.summaries()
             target_index = probe.score.target  # the top class, or `target`
+            task_name = probe.score.task
             all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
             call_counts = {name: len(record.calls) for name, record in probe.records.items()}
             module_names = list(analysis.judgements)
@@ -135,10 +153,41 @@ def inspect(
         model_class=type(model).__name__,
         input_shape=tuple(int(s) for s in model_input.image.shape),
         target=target_index,
+        task=task_name,
         environment=environment(inner),
         layers=summaries,
         layer_verdicts=verdicts,
         _judge=check_layer,
+    )
+
+
+def _refused(
+    model: nn.Module,
+    inner: nn.Module,
+    model_input: ModelInput,
+    wanted: tuple[str, ...],
+    diagnostics: list[Diagnostic],
+    refusal: TaskRefusal,
+) -> Report:
+    """The report for an output whose task cannot be explained on this input: the coded reason, no spec."""
+    found = Diagnostic.of(refusal.code, refusal.message, refusal.fix, method=GRADCAM)
+
+    def unjudged(name: str) -> LayerVerdict:
+        return LayerVerdict(name=name, usable=False, diagnostics=[found])
+
+    return Report(
+        methods=wanted,
+        diagnostics=sort_diagnostics(_dedupe([*diagnostics, found])),
+        gradcam=None,
+        rollout=None,
+        model_class=type(model).__name__,
+        input_shape=tuple(int(s) for s in model_input.image.shape),
+        target=None,
+        environment=environment(inner),
+        layers=[],
+        layer_verdicts={},
+        _judge=unjudged,
+        task=refusal.task,
     )
 
 

@@ -73,7 +73,7 @@ class LayerVerdict:
     usable: bool
     diagnostics: list[Diagnostic]
     layout: str | None = None
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
     prefix_tokens: int | None = None
     suggestions: list[str] = field(default_factory=list)
 
@@ -99,7 +99,7 @@ class LayerSummary:
     calls: int
     output: str
     layout: str | None
-    grid: tuple[int, int] | None
+    grid: tuple[int, ...] | None
     usable: bool | None
     codes: tuple[str, ...]
 
@@ -132,6 +132,7 @@ class Report:
     layers: list[LayerSummary]
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
+    task: str = "classification"  # classification, segmentation, embedding or detection (what target indexes)
 
     @property
     def ok(self) -> bool:
@@ -159,6 +160,7 @@ class Report:
                 "class": self.model_class,
                 "input_shape": list(self.input_shape),
                 "target": self.target,
+                "task": self.task,
             },
             "environment": dict(self.environment),
             "diagnostics": [d.to_dict() for d in self.diagnostics],

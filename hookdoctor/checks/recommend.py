@@ -33,7 +33,7 @@ from hookdoctor.checks.layers import (
 )
 from hookdoctor.geometry.layout import Layout, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
-from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.tree import module_kind
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
@@ -156,6 +156,21 @@ class GradCAMAnalysis:
                     method=GRADCAM,
                 )
             )
+        found += self._task_diagnostics()
+        if score.pre_activation_function:
+            found.append(
+                Diagnostic.of(
+                    "HD004",
+                    f"The model's forward ends in a {score.pre_activation_function} call "
+                    f"(F.{score.pre_activation_function} / torch.{score.pre_activation_function}, seen in the "
+                    "autograd graph)"
+                    f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
+                    f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
+                    "The spec's .model returns the input of that call; explain logits, not probabilities.",
+                    method=GRADCAM,
+                    severity="warning" if score.saturated else "info",
+                )
+            )
         if score.pre_activation:
             found.append(
                 Diagnostic.of(
@@ -169,6 +184,54 @@ class GradCAMAnalysis:
                     severity="warning" if score.saturated else "info",
                 )
             )
+        return found
+
+    def _task_diagnostics(self) -> list[Diagnostic]:
+        """Which task and score were chosen, and why (classification says nothing unless it is image-text)."""
+        score = self.probe.score
+        kind = self.model_input.kind
+        found: list[Diagnostic] = []
+        if kind in BACKEND_AXIS:
+            shape = "[B, T, F]" if kind == "spectrogram" else "[B, C, L]"
+            view = "[B, 1, T, F]" if kind == "spectrogram" else "[B, C, 1, L]"
+            found.append(
+                Diagnostic.of(
+                    "HD015",
+                    f"The explained input is a 3-D {kind} {shape}; pytorch-grad-cam 1.5.7 takes only 4-D and 5-D "
+                    "inputs and fails on it.",
+                    f"Pass spec.as_backend_input(x) (the {view} view) to pytorch-grad-cam; spec.model accepts it. "
+                    "Captum takes x itself.",
+                    method=GRADCAM,
+                )
+            )
+        code = {"segmentation": "HD010", "embedding": "HD011", "detection": "HD012"}.get(score.task)
+        if score.selector.key == "logits_per_image":
+            code = "HD014"
+        if code is None:
+            return found
+        severity = "warning" if score.task == "embedding" and not score.reference_given else None
+        fix = {
+            "HD010": "Use spec.model and ClassifierOutputTarget(k) (or Captum's target=k) for class k; the masks are "
+            "those of the example input, so inspect again for another image.",
+            "HD011": "Pass reference= (the embedding of your concept or reference input) so that the map explains "
+            "similarity to it; report.target is 0, the only column."
+            if not score.reference_given
+            else "Use spec.model and target 0: the map explains the similarity to your reference.",
+            "HD012": "Use spec.model and ClassifierOutputTarget(k) for example detection k (report.target is the "
+            "top-scoring one); the detections are those of the example input, so inspect again for another image.",
+            "HD014": "Use spec.model and ClassifierOutputTarget(k) for text k; pass the texts you want as input_ids "
+            "in the example input (explain= names the image entry).",
+        }[code]
+        found.append(
+            Diagnostic.of(
+                code,
+                f"Task: {score.task}, because {score.why}; the explained score (spec.model(x)[:, k]) is "
+                f"{score.score_text}.",
+                fix,
+                method=GRADCAM,
+                severity=severity,
+            )
+        )
         return found
 
     # -- layer names ----------------------------------------------------------------------
@@ -234,12 +297,20 @@ class GradCAMAnalysis:
             (
                 lay
                 for lay in j.layouts
-                if (by_construction and lay.kind == "NCHW") or lines_up(call.output_tensor, image, lay)
+                if (by_construction and lay.kind in ("NCHW", "NCTHW", "NCL"))
+                or lines_up(call.output_tensor, image, lay, channel_axis=self.probe.channel_axis)
             ),
             None,
         )
         if layout is None:
-            layout = next((lay for lay in j.layouts if lines_up(call.output_tensor, image, lay, strict=False)), None)
+            layout = next(
+                (
+                    lay
+                    for lay in j.layouts
+                    if lines_up(call.output_tensor, image, lay, strict=False, channel_axis=self.probe.channel_axis)
+                ),
+                None,
+            )
             if layout is not None:
                 self.coarse.append(j.name)
         if layout is not None:
@@ -423,20 +494,39 @@ class GradCAMAnalysis:
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
         pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
-        if score.selector.how == "tensor" and pre_activation is None and grad_note is None and not extra_args:
+        backend_axis = BACKEND_AXIS.get(self.model_input.kind)
+        plain = (
+            score.selector.how == "tensor"
+            and pre_activation is None
+            and score.pre_activation_function is None
+            and score.head is None
+            and backend_axis is None
+        )
+        if plain and grad_note is None and not extra_args:
             score_model: nn.Module = self.model
         else:
             template = self.model_input if extra_args else None
-            score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
+            score_model = ScoreModel(
+                self.model,
+                score.selector,
+                pre_activation=pre_activation,
+                call_template=template,
+                head=score.head,
+                pre_activation_function=score.pre_activation_function,
+                backend_axis=backend_axis,
+                input_dims=self.model_input.image.dim(),
+            )
         notes = (
             layout_notes(j, layout)
             + ([grad_note] if grad_note else [])
             + self._coarse_notes(j.name)
             + self._call_note(j, why)
         )
-        score_text = score.selector.expression("model(x)")
+        score_text = score.score_text or score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
+        elif score.pre_activation_function:
+            score_text = f"the input of the final {score.pre_activation_function} call in forward (the logit)"
         layer = self.probe.records[j.module_name].module
         if j.call_index is not None:
             score_model = CallRouter(score_model, layer, j.call_index, j.module_name)
@@ -451,6 +541,8 @@ class GradCAMAnalysis:
             reasons=reasons,
             score=score_text,
             call_index=j.call_index,
+            task=score.task,
+            input_kind=self.model_input.kind,
         )
         return spec, notes
 

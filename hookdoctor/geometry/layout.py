@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-LayoutKind = Literal["NCHW", "NHWC", "tokens"]
+LayoutKind = Literal["NCHW", "NHWC", "tokens", "NCTHW", "NCL"]
 MAX_PREFIX_TOKENS = 16
 
 # Learned tokens that a ViT concatenates in front of the patch tokens.
@@ -30,20 +30,30 @@ _PREFIX_PARAM = re.compile(
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the channels and the (H, W) grid are in a layer's output."""
+    """Where the channels and the grid are in a layer's output.
+
+    The grid has one entry per positional axis of the input: (H, W) for images and
+    spectrograms, (T, H, W) for video (``NCTHW``, the 3-D convolution layout), (L,) for
+    signals (``NCL``, the 1-D convolution layout).
+    """
 
     kind: LayoutKind
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     channels: int
     prefix_tokens: int = 0
 
     def transform(self) -> ReshapeTransform | None:
-        """The reshape to ``[B, C, H, W]``, or None when the output already is."""
-        if self.kind == "NCHW":
+        """The reshape to what pytorch-grad-cam takes (``[B, C, H, W]`` or ``[B, C, T, H, W]``), or None."""
+        if self.kind in ("NCHW", "NCTHW"):
             return None
         return ReshapeTransform(self.kind, self.grid, self.prefix_tokens)
 
     def describe(self) -> str:
+        if self.kind == "NCTHW":
+            t, h, w = self.grid
+            return f"NCTHW [B, {self.channels}, {t}, {h}, {w}]"
+        if self.kind == "NCL":
+            return f"NCL [B, {self.channels}, {self.grid[0]}]"
         h, w = self.grid
         if self.kind == "tokens":
             return f"tokens [B, {self.prefix_tokens}+{h}x{w}, {self.channels}]"
@@ -59,14 +69,16 @@ class ReshapeTransform:
     print as code.
     """
 
-    def __init__(self, kind: LayoutKind, grid: tuple[int, int], prefix_tokens: int = 0) -> None:
-        if kind not in ("NHWC", "tokens"):
-            raise ValueError(f"ReshapeTransform handles 'NHWC' and 'tokens' layouts, not {kind!r}")
+    def __init__(self, kind: LayoutKind, grid: tuple[int, ...], prefix_tokens: int = 0) -> None:
+        if kind not in ("NHWC", "tokens", "NCL"):
+            raise ValueError(f"ReshapeTransform handles 'NHWC', 'tokens' and 'NCL' layouts, not {kind!r}")
         self.kind = kind
-        self.grid = (int(grid[0]), int(grid[1]))
+        self.grid = tuple(int(g) for g in grid)
         self.prefix_tokens = int(prefix_tokens)
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.kind == "NCL":  # a 1-D map as a one-row image: [B, C, L] -> [B, C, 1, L]
+            return tensor.unsqueeze(2)
         if self.kind == "NHWC":
             return tensor.permute(0, 3, 1, 2)
         h, w = self.grid
@@ -75,6 +87,8 @@ class ReshapeTransform:
 
     def inverse(self, grid_view: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
         """Put a ``[B, C, H, W]`` view back into the layer's own layout (prefix from ``original``)."""
+        if self.kind == "NCL":
+            return grid_view.squeeze(2)
         if self.kind == "NHWC":
             return grid_view.permute(0, 2, 3, 1)
         patches = grid_view.permute(0, 2, 3, 1).reshape(grid_view.shape[0], -1, grid_view.shape[1])
@@ -91,6 +105,8 @@ class ReshapeTransform:
         return hash((self.kind, self.grid, self.prefix_tokens))
 
     def __repr__(self) -> str:
+        if self.kind == "NCL":
+            return f"ReshapeTransform('NCL', grid={self.grid})"
         if self.kind == "NHWC":
             return f"ReshapeTransform('NHWC', grid={self.grid})"
         return f"ReshapeTransform('tokens', grid={self.grid}, prefix_tokens={self.prefix_tokens})"
@@ -173,19 +189,36 @@ def _channels_last_hint(module: nn.Module | None, last_dim: int) -> bool:
     return norm is not None and tuple(norm.normalized_shape) == (last_dim,)
 
 
+def _aligned_axis(size: int, extent: int) -> bool:
+    """True when ``size`` cells are a stride-s sampling of ``extent`` positions, for some integer s."""
+    return 1 <= size <= extent and any(size in (extent // s, -(-extent // s)) for s in range(1, extent + 1))
+
+
 def infer_layouts(
     shape: Sequence[int],
-    image_hw: tuple[int, int],
+    image_hw: tuple[int, ...],
     batch: int,
     *,
     module: nn.Module | None = None,
     observed_grids: Iterable[tuple[int, int]] = (),
     prefix_hint: int | None = None,
 ) -> list[Layout]:
-    """Every plausible layout of a tensor of ``shape``, most likely first; [] if none fits."""
+    """Every plausible layout of a tensor of ``shape``, most likely first; [] if none fits.
+
+    ``image_hw`` is the input's positional axes: (H, W), (T, H, W) for video, (L,) for signals.
+    """
     shape = tuple(int(s) for s in shape)
     if not shape or shape[0] != batch:
         return []
+    if len(image_hw) == 3:  # video: 3-D convolution outputs [B, C, T, H, W]; time has its own stride
+        if len(shape) == 5 and _aligned_axis(shape[2], image_hw[0]) and aligned_grid(*shape[3:], image_hw[1:]):
+            return [Layout("NCTHW", (shape[2], shape[3], shape[4]), shape[1])]
+        return []
+    if len(image_hw) == 1:  # signals: 1-D convolution outputs [B, C, L]
+        if len(shape) == 3 and _aligned_axis(shape[2], image_hw[0]):
+            return [Layout("NCL", (shape[2],), shape[1])]
+        return []
+    image_hw = (image_hw[0], image_hw[1])
     if len(shape) == 4:
         _, a, b, c = shape
         nchw = Layout("NCHW", (b, c), a) if aligned_grid(b, c, image_hw) else None
@@ -202,8 +235,15 @@ def infer_layouts(
     return []
 
 
-def spatial_extent(shape: Sequence[int]) -> int:
-    """Number of positions a tensor could spread a map over (1 for [B, C], [B, C, 1, 1])."""
+def spatial_extent(shape: Sequence[int], axes: Sequence[int] = (0, 0)) -> int:
+    """Number of positions a tensor could spread a map over (1 for [B, C], [B, C, 1, 1]).
+
+    ``axes`` is the input's positional axes; a 3-D output of a signal model is [B, C, L].
+    """
+    if len(axes) == 1 and len(shape) == 3:
+        return int(shape[2])
+    if len(shape) == 5:
+        return int(shape[2]) * int(shape[3]) * int(shape[4])
     if len(shape) == 4:
         return min(int(shape[1]) * int(shape[2]), int(shape[2]) * int(shape[3]))
     if len(shape) == 3:
