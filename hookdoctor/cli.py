@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-shape",
         metavar="B,C,H,W",
         type=_parse_shape,
-        help="shape of the random example input (default: inferred from the model)",
+        help="shape of the random example input: B,C,H,W (images), B,C,T,H,W (video), B,T,F or B,C,L "
+        "(audio, signals) (default: inferred from the model)",
     )
     inspect.add_argument(
         "--method",
@@ -173,9 +174,10 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
-    if len(shape) != 4 or any(s <= 0 for s in shape):
+    if len(shape) not in (3, 4, 5) or any(s <= 0 for s in shape):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not four positive sizes B,C,H,W; write it like 1,3,224,224"
+            f"{text!r} is not three, four or five positive sizes: B,C,H,W for images (like 1,3,224,224), "
+            "B,C,T,H,W for video, B,T,F or B,C,L for audio and signals"
         )
     return shape
 
@@ -341,10 +343,13 @@ def _load_and_inspect(args: argparse.Namespace, methods: tuple[str, ...]) -> tup
     import hookdoctor
 
     input_shape = args.input_shape or loaded.input_shape
+    # The inputs a factory returned beside its model, unless --input-shape asks for another one.
+    example_input = loaded.example_input if args.input_shape is None else None
     with progress(f"Probing {type(loaded.model).__name__} (one forward and backward pass)"):
         report = hookdoctor.inspect(
             loaded.model,
-            input_shape=input_shape,
+            example_input,
+            input_shape=None if example_input is not None else input_shape,
             target=args.target,
             output=args.output,
             methods=methods,

@@ -29,6 +29,12 @@ _HOOK_DICTS = (
 # Settings transformers reads at call time; hookdoctor never changes them, but a forward
 # with ``output_attentions`` can, so they are put back all the same.
 _CONFIG_FIELDS = ("_attn_implementation", "output_attentions", "output_hidden_states", "return_dict")
+# transformers 5 installs its output-capturing hooks (hidden states, attentions) at a model's
+# first forward and marks the model with this flag. When that first forward is hookdoctor's,
+# the hooks are removed with the others on the way out, so the flag must go too: otherwise
+# the next forward finds the flag, installs nothing, and Segformer's decode head receives no
+# hidden states at all.
+_HOOKS_INSTALLED_FLAG = "_output_capturing_hooks_installed"
 
 
 def _configs(model: nn.Module) -> list[Any]:
@@ -56,6 +62,7 @@ def preserved(model: nn.Module) -> Iterator[None]:
         (c, {f: getattr(c, f) for f in _CONFIG_FIELDS if f in getattr(c, "__dict__", {})}) for c in _configs(model)
     ]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    flagged = {id(m) for m in modules if _HOOKS_INSTALLED_FLAG in m.__dict__}
     rng = torch.random.get_rng_state()
     try:
         yield
@@ -72,6 +79,9 @@ def preserved(model: nn.Module) -> Iterator[None]:
                 if current.keys() != entries.keys():
                     current.clear()
                     current.update(entries)
+        for m in modules:
+            if id(m) not in flagged and _HOOKS_INSTALLED_FLAG in m.__dict__:
+                del m.__dict__[_HOOKS_INSTALLED_FLAG]
         for m, was_fused in fused:
             m.fused_attn = was_fused
         for config, values in configs:

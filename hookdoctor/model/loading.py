@@ -58,6 +58,7 @@ class LoadedModel:
     source: str
     kind: str
     input_shape: tuple[int, ...] | None = None
+    example_input: Any = None  # what a factory returned beside the model: (model, inputs)
 
 
 def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
@@ -451,9 +452,13 @@ def _call_factory(module: Any, factory: str, source: str) -> LoadedModel:
             f"{source}: calling {factory}() raised {_describe(exc)}. Fix the factory so that it builds the "
             "model with no arguments (rerun with --debug for the traceback)."
         ) from exc
+    example_input = None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], nn.Module):
+        # A multi-input model (CLIP: pixel_values and input_ids): the factory returns (model, inputs).
+        value, example_input = value
     model = _check_module(value, f"{source}")
     shape = getattr(function, "input_shape", None) or getattr(module, INPUT_SHAPE_ATTRIBUTE, None)
-    return LoadedModel(model.eval(), source, "factory", tuple(shape) if shape else None)
+    return LoadedModel(model.eval(), source, "factory", tuple(shape) if shape else None, example_input)
 
 
 # --- messages ---------------------------------------------------------------------------------
