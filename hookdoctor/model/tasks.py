@@ -8,7 +8,7 @@ the score pytorch-grad-cam's own target classes compute:
 * segmentation ``[B, K, H, W]``: class ``k``'s logits summed over the pixels predicted as
   ``k`` on the example input (``SemanticSegmentationTarget``);
 * embedding ``[B, D]`` (or a feature map, averaged over its positions): the cosine
-  similarity to a reference embedding (``SimilarityToConceptTarget``), ``N = 1``;
+  similarity to a reference embedding (the ``SimilarityToConceptTarget`` of pytorch-grad-cam's tutorial), ``N = 1``;
 * detection (torchvision detectors' ``list[dict]``): column ``i`` is the class score of the
   detection that matches detection ``i`` of the example input (same label, IoU above 0.5:
   ``FasterRCNNBoxScoreTarget``'s matching, without its IoU term), 0 where none does.
@@ -286,7 +286,10 @@ def choose_score(
         )
     why = why or f"{expression} is an embedding {describe(tensor)}, with no class scores"
     source = "the reference embedding you passed" if given else "a fixed random direction (no reference= given)"
-    text = f"the cosine similarity of the embedding to {source} (pytorch-grad-cam's SimilarityToConceptTarget)"
+    text = (
+        f"the cosine similarity of the embedding to {source} "
+        "(the SimilarityToConceptTarget of pytorch-grad-cam's tutorial)"
+    )
     return TaskScore("embedding", selector, CosineToReference(reference), why, text, others, reference_given=given)
 
 
