@@ -7,6 +7,7 @@ be finite, not constant, of ``spec.grid`` size (Captum: ``[B, 1, *grid]``).
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -333,3 +334,54 @@ def test_functional_softmax_that_is_not_saturated_is_info() -> None:
     torch.manual_seed(0)
     report = hookdoctor.inspect(Soft().eval(), torch.randn(1, 3, 32, 32), methods="gradcam")
     assert next(d for d in report.diagnostics if d.code == "HD004").severity == "info"
+
+
+# -- the command line -----------------------------------------------------------------------
+
+_FACTORIES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "tasks.py"
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "grid"),
+    [("tiny_video_cnn", "1,3,4,16,16", [4, 8, 8]), ("tiny_signal_cnn", "1,2,64", [32])],
+)
+def test_cli_takes_five_and_three_dimensional_shapes(capsys, factory: str, shape: str, grid: list[int]) -> None:
+    from hookdoctor.cli import main
+
+    code = main(["inspect", f"{_FACTORIES}:{factory}", "--input-shape", shape, "--method", "gradcam", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["model"]["input_shape"] == [int(s) for s in shape.split(",")]
+    assert report["gradcam"]["grid"] == grid
+
+
+def test_cli_factory_may_return_the_model_and_its_inputs(capsys) -> None:
+    pytest.importorskip("transformers")
+    from hookdoctor.cli import main
+
+    code = main(["inspect", f"{_FACTORIES}:tiny_clip_with_text", "--method", "gradcam", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["model"]["task"] == "classification"
+    assert "HD014" in {d["code"] for d in report["diagnostics"]}
+    assert report["gradcam"]["score"].startswith("the image-text logit")
+
+
+def test_audio_spectrogram_transformer_frequency_major_patches() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ASTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_length=64, num_mel_bins=32, frequency_stride=16, time_stride=16, num_labels=3,
+    )
+    model = transformers.ASTForAudioClassification(config).eval()
+    assert infer_input_shape(model) == (1, 64, 32)  # [B, T, F] from the audio config
+    x = torch.randn(1, 64, 32)
+    with pytest.raises(AttributeError):  # the ModelOutput first; the 3-D input would fail next
+        GradCAM(model=model, target_layers=[model.audio_spectrogram_transformer.embeddings])(
+            input_tensor=x, targets=[ClassifierOutputTarget(0)]
+        )
+    report = hookdoctor.inspect(model, x, methods="gradcam")  # a correct [B, T, F]: no batch-dimension hint
+    spec = report.gradcam
+    assert spec is not None and spec.grid == (4, 2)  # (time, frequency) patches, in the input's order
+    assert spec.layout.transposed  # AST lays its patches out frequency first
+    _assert_spec_works(report, x)

@@ -192,6 +192,7 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
         module=record.module,
         observed_grids=ctx.observed_grids,
         prefix_hint=ctx.prefix_hint,
+        swapped_too=probe.input_kind == "spectrogram",
     )
     if not j.layouts:
         j.add(

@@ -297,7 +297,7 @@ class GradCAMAnalysis:
             (
                 lay
                 for lay in j.layouts
-                if (by_construction and lay.kind in ("NCHW", "NCTHW", "NCL"))
+                if (by_construction and lay.kind in ("NCHW", "NCTHW", "NCL") and not lay.transposed)
                 or lines_up(call.output_tensor, image, lay, channel_axis=self.probe.channel_axis)
             ),
             None,

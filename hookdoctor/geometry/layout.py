@@ -41,14 +41,22 @@ class Layout:
     grid: tuple[int, ...]
     channels: int
     prefix_tokens: int = 0
+    # The layer stores its two axes the other way round from the input's (AST turns a [B, T, F]
+    # spectrogram into [B, 1, F, T] before its patch embedding): the grid is still in the input's order.
+    transposed: bool = False
 
     def transform(self) -> ReshapeTransform | None:
         """The reshape to what pytorch-grad-cam takes (``[B, C, H, W]`` or ``[B, C, T, H, W]``), or None."""
-        if self.kind in ("NCHW", "NCTHW"):
+        if self.kind in ("NCHW", "NCTHW") and not self.transposed:
             return None
-        return ReshapeTransform(self.kind, self.grid, self.prefix_tokens)
+        return ReshapeTransform(self.kind, self.grid, self.prefix_tokens, transposed=self.transposed)
 
     def describe(self) -> str:
+        if self.transposed:
+            return f"{self._describe()}, its two axes swapped against the input's"
+        return self._describe()
+
+    def _describe(self) -> str:
         if self.kind == "NCTHW":
             t, h, w = self.grid
             return f"NCTHW [B, {self.channels}, {t}, {h}, {w}]"
@@ -69,16 +77,25 @@ class ReshapeTransform:
     print as code.
     """
 
-    def __init__(self, kind: LayoutKind, grid: tuple[int, ...], prefix_tokens: int = 0) -> None:
-        if kind not in ("NHWC", "tokens", "NCL"):
-            raise ValueError(f"ReshapeTransform handles 'NHWC', 'tokens' and 'NCL' layouts, not {kind!r}")
+    def __init__(
+        self, kind: LayoutKind, grid: tuple[int, ...], prefix_tokens: int = 0, *, transposed: bool = False
+    ) -> None:
+        if kind not in ("NHWC", "tokens", "NCL") and not (kind == "NCHW" and transposed):
+            raise ValueError(f"ReshapeTransform handles 'NHWC', 'tokens', 'NCL' and swapped layouts, not {kind!r}")
         self.kind = kind
         self.grid = tuple(int(g) for g in grid)
         self.prefix_tokens = int(prefix_tokens)
+        self.transposed = transposed
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.kind == "NCL":  # a 1-D map as a one-row image: [B, C, L] -> [B, C, 1, L]
             return tensor.unsqueeze(2)
+        if self.kind == "NCHW":  # swapped axes: [B, C, W, H] -> [B, C, H, W]
+            return tensor.transpose(2, 3)
+        if self.kind == "tokens" and self.transposed:  # tokens in the swapped order, shown in the input's
+            h, w = self.grid
+            patches = tensor[:, self.prefix_tokens :, :]
+            return patches.reshape(patches.shape[0], w, h, patches.shape[-1]).permute(0, 3, 2, 1)
         if self.kind == "NHWC":
             return tensor.permute(0, 3, 1, 2)
         h, w = self.grid
@@ -89,22 +106,33 @@ class ReshapeTransform:
         """Put a ``[B, C, H, W]`` view back into the layer's own layout (prefix from ``original``)."""
         if self.kind == "NCL":
             return grid_view.squeeze(2)
+        if self.kind == "NCHW":
+            return grid_view.transpose(2, 3)
+        if self.kind == "tokens" and self.transposed:
+            patches = grid_view.permute(0, 3, 2, 1).reshape(grid_view.shape[0], -1, grid_view.shape[1])
+            return torch.cat([original[:, : self.prefix_tokens, :], patches], dim=1)
         if self.kind == "NHWC":
             return grid_view.permute(0, 2, 3, 1)
         patches = grid_view.permute(0, 2, 3, 1).reshape(grid_view.shape[0], -1, grid_view.shape[1])
         return torch.cat([original[:, : self.prefix_tokens, :], patches], dim=1)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ReshapeTransform) and (self.kind, self.grid, self.prefix_tokens) == (
-            other.kind,
-            other.grid,
-            other.prefix_tokens,
-        )
+        return isinstance(other, ReshapeTransform) and (
+            self.kind,
+            self.grid,
+            self.prefix_tokens,
+            self.transposed,
+        ) == (other.kind, other.grid, other.prefix_tokens, other.transposed)
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.grid, self.prefix_tokens))
+        return hash((self.kind, self.grid, self.prefix_tokens, self.transposed))
 
     def __repr__(self) -> str:
+        if self.transposed:
+            return (
+                f"ReshapeTransform({self.kind!r}, grid={self.grid}, prefix_tokens={self.prefix_tokens}, "
+                "transposed=True)"
+            )
         if self.kind == "NCL":
             return f"ReshapeTransform('NCL', grid={self.grid})"
         if self.kind == "NHWC":
@@ -202,8 +230,12 @@ def infer_layouts(
     module: nn.Module | None = None,
     observed_grids: Iterable[tuple[int, int]] = (),
     prefix_hint: int | None = None,
+    swapped_too: bool = False,
 ) -> list[Layout]:
     """Every plausible layout of a tensor of ``shape``, most likely first; [] if none fits.
+
+    With ``swapped_too`` (spectrograms, whose models may put frequency before time), the
+    readings with the two axes swapped follow the others; the locality test tells them apart.
 
     ``image_hw`` is the input's positional axes: (H, W), (T, H, W) for video, (L,) for signals.
     """
@@ -219,6 +251,25 @@ def infer_layouts(
             return [Layout("NCL", (shape[2],), shape[1])]
         return []
     image_hw = (image_hw[0], image_hw[1])
+    found = _plain_layouts(shape, image_hw, module, observed_grids, prefix_hint)
+    if swapped_too:
+        # Observed grids are the convolutions' outputs as stored: already in the swapped order.
+        swapped = _plain_layouts(shape, (image_hw[1], image_hw[0]), module, observed_grids, prefix_hint)
+        found += [
+            Layout(lay.kind, (lay.grid[1], lay.grid[0]), lay.channels, lay.prefix_tokens, transposed=True)
+            for lay in swapped
+            if lay.kind != "NHWC"
+        ]
+    return found
+
+
+def _plain_layouts(
+    shape: tuple[int, ...],
+    image_hw: tuple[int, int],
+    module: nn.Module | None,
+    observed_grids: Iterable[tuple[int, int]],
+    prefix_hint: int | None,
+) -> list[Layout]:
     if len(shape) == 4:
         _, a, b, c = shape
         nchw = Layout("NCHW", (b, c), a) if aligned_grid(b, c, image_hw) else None

@@ -178,6 +178,7 @@ class Probe:
     score_value: torch.Tensor | None = None  # the differentiated scalar (held during inspect only)
     input_axes: tuple[int, ...] = ()  # the positional axes of the explained input: (H, W), (T, H, W), (L,)
     channel_axis: int | None = 1  # the input's channel axis (None for a spectrogram [B, T, F])
+    input_kind: str = "image"  # image, video, spectrogram or signal
 
     @property
     def input_image(self) -> torch.Tensor:

@@ -222,6 +222,7 @@ def recorded_pass(
             batch=model_input.batch,
             input_axes=model_input.axes,
             channel_axis=None if model_input.kind == "spectrogram" else 1,
+            input_kind=model_input.kind,
             input_gradient_zero=input_gradient_zero,
             grad_enabled_by_user=grad_enabled_by_user,
             consumed_randomness=consumed_randomness,
