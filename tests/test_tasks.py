@@ -385,3 +385,21 @@ def test_audio_spectrogram_transformer_frequency_major_patches() -> None:
     assert spec is not None and spec.grid == (4, 2)  # (time, frequency) patches, in the input's order
     assert spec.layout.transposed  # AST lays its patches out frequency first
     _assert_spec_works(report, x)
+
+
+@pytest.mark.parametrize("build", ["unet", "signal", "video"])
+@pytest.mark.parametrize("backend", ["pytorch-grad-cam", "captum"])
+def test_pasted_snippets_run(build: str, backend: str) -> None:
+    torch.manual_seed(0)
+    model, x = {
+        "unet": (tasks.TinyUNet, (1, 3, 32, 32)),
+        "signal": (tasks.SignalCNN, (1, 2, 64)),
+        "video": (tasks.TinyVideoCNN, (1, 3, 4, 16, 16)),
+    }[build]
+    model, x = model().eval(), torch.randn(*x)
+    report = hookdoctor.inspect(model, x, methods="gradcam")
+    namespace = {"model": model, "x": x, "example_input": x, "class_index": report.target}
+    exec(report.gradcam.code(backend), namespace)  # noqa: S102 - the snippet a user would paste
+    result = namespace["heatmap"] if backend == "pytorch-grad-cam" else namespace["attribution"]
+    values = np.asarray(result.detach() if isinstance(result, torch.Tensor) else result)
+    assert np.isfinite(values).all() and values.std() > 0

@@ -14,6 +14,8 @@ BACKENDS = ("pytorch-grad-cam", "captum")
 
 def _reshape_function(spec: GradCAMSpec) -> list[str]:
     layout = spec.layout
+    if len(layout.grid) != 2:
+        return []  # video (NCTHW) needs none; signals go through _spec_snippet
     h, w = layout.grid
     if layout.kind == "NHWC":
         return [
@@ -146,9 +148,57 @@ def _call_router(spec: GradCAMSpec) -> list[str]:
     ]
 
 
+def _needs_the_spec(spec: GradCAMSpec) -> str | None:
+    """Why the snippet uses hookdoctor's spec objects rather than plain code, or None.
+
+    A task's score keeps what it read off the example input (class masks, detections, the
+    reference embedding) and a functional final activation needs its input intercepted;
+    plain code would have to repeat all of it. Swapped and 1-D layouts are the spec's too.
+    """
+    score_model = _score_model(spec)
+    if spec.task != "classification":
+        return f"The {spec.task} score keeps what it read off the example input; spec.model holds it."
+    if getattr(score_model, "pre_activation_function", None):
+        return "spec.model returns the input of the final softmax/sigmoid call (the logit)."
+    if spec.input_kind in ("spectrogram", "signal") or spec.layout.transposed:
+        return f"spec.model and spec.reshape_transform handle the {spec.input_kind} input's axes."
+    return None
+
+
+def _spec_snippet(spec: GradCAMSpec, backend: str, why: str) -> str:
+    given = "example_input" if _has_inputs(spec) or spec.task != "classification" else "x"
+    grid = ", ".join(str(g) for g in spec.grid)
+    named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+    lines = ["import hookdoctor"]
+    if backend == "pytorch-grad-cam":
+        lines += [
+            "from pytorch_grad_cam import GradCAM",
+            "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
+        ]
+    lines += [
+        "",
+        f"# {why}",
+        f"report = hookdoctor.inspect(model, {given}, methods=('gradcam',){named})",
+        "spec = report.gradcam",
+    ]
+    if backend == "pytorch-grad-cam":
+        shown = "spec.as_backend_input(x)" if spec.input_kind in ("spectrogram", "signal") else "x"
+        lines += [
+            "cam = GradCAM(**spec.pytorch_grad_cam_kwargs())",
+            f"heatmap = cam(input_tensor={shown}, targets=[ClassifierOutputTarget(report.target)])"
+            "  # in [0, 1], the input's size",
+        ]
+    else:
+        lines += [f"attribution = spec.captum().attribute(x, target=report.target)  # [B, 1, {grid}]"]
+    return "\n".join(lines) + "\n"
+
+
 def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    why = _needs_the_spec(spec)
+    if why is not None:
+        return _spec_snippet(spec, backend, why)
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
     router = _call_router(spec)
@@ -185,7 +235,7 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
             "import hookdoctor",
             "",
             f"# Captum reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
-            f"# [B, C, {spec.grid[0]}, {spec.grid[1]}] view so that LayerGradCam sees a grid.",
+            f"# [B, C, {', '.join(str(g) for g in spec.grid)}] view so that LayerGradCam sees a grid.",
             f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
             "gradcam = spec.captum()",
         ]
@@ -198,7 +248,8 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
         ]
     lines += [
         f"attribution = gradcam.attribute(x, target=class_index, relu_attributions=True)"
-        f"  # [B, 1, {spec.grid[0]}, {spec.grid[1]}]",
-        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode='bilinear')",
+        f"  # [B, 1, {', '.join(str(g) for g in spec.grid)}]",
+        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[2:]), "
+        f"interpolate_mode={'trilinear' if len(spec.grid) == 3 else 'bilinear'!r})",
     ]
     return "\n".join(lines) + "\n"
