@@ -140,9 +140,15 @@ class ReshapeTransform:
         return f"ReshapeTransform('tokens', grid={self.grid}, prefix_tokens={self.prefix_tokens})"
 
 
-def aligned_grid(h: int, w: int, image_hw: tuple[int, int]) -> bool:
-    """True when (h, w) is a stride-s sampling of the image, for one integer stride s >= 1."""
+def aligned_grid(h: int, w: int, image_hw: tuple[int, int], *, overlapping: bool = False) -> bool:
+    """True when (h, w) is a stride-s sampling of the image, for one integer stride s >= 1.
+
+    ``overlapping`` also accepts one cell fewer on each axis: patches larger than their stride
+    and no padding ((H - k) // s + 1 cells, AST's 16-wide patches every 10 frames).
+    """
     big_h, big_w = image_hw
+    if overlapping and aligned_grid(h + 1, w + 1, image_hw):
+        return True
     if h < 1 or w < 1 or h > big_h or w > big_w:
         return False
     # Strides near H / h: padding and rounding make h the floor or the ceiling of H / s.
@@ -186,6 +192,7 @@ def token_candidates(
     image_hw: tuple[int, int],
     observed_grids: Iterable[tuple[int, int]] = (),
     prefix_hint: int | None = None,
+    overlapping: bool = False,
 ) -> list[tuple[int, tuple[int, int]]]:
     """Ranked (prefix_tokens, grid) readings of a sequence of ``num_tokens`` tokens.
 
@@ -194,7 +201,7 @@ def token_candidates(
     """
     ranked: list[tuple[tuple[int, int, int], int, tuple[int, int]]] = []
     seen: set[tuple[int, tuple[int, int]]] = set()
-    observed = [g for g in observed_grids if aligned_grid(*g, image_hw)]
+    observed = [g for g in observed_grids if aligned_grid(*g, image_hw, overlapping=overlapping)]
     for source, grids in ((0, observed), (1, _stride_grids(image_hw))):
         for grid in grids:
             prefix = num_tokens - grid[0] * grid[1]
@@ -251,10 +258,13 @@ def infer_layouts(
             return [Layout("NCL", (shape[2],), shape[1])]
         return []
     image_hw = (image_hw[0], image_hw[1])
-    found = _plain_layouts(shape, image_hw, module, observed_grids, prefix_hint)
+    # Spectrogram models patch with overlapping windows (AST): a grid may be one cell short.
+    found = _plain_layouts(shape, image_hw, module, observed_grids, prefix_hint, overlapping=swapped_too)
     if swapped_too:
         # Observed grids are the convolutions' outputs as stored: already in the swapped order.
-        swapped = _plain_layouts(shape, (image_hw[1], image_hw[0]), module, observed_grids, prefix_hint)
+        swapped = _plain_layouts(
+            shape, (image_hw[1], image_hw[0]), module, observed_grids, prefix_hint, overlapping=True
+        )
         found += [
             Layout(lay.kind, (lay.grid[1], lay.grid[0]), lay.channels, lay.prefix_tokens, transposed=True)
             for lay in swapped
@@ -269,11 +279,13 @@ def _plain_layouts(
     module: nn.Module | None,
     observed_grids: Iterable[tuple[int, int]],
     prefix_hint: int | None,
+    *,
+    overlapping: bool = False,
 ) -> list[Layout]:
     if len(shape) == 4:
         _, a, b, c = shape
-        nchw = Layout("NCHW", (b, c), a) if aligned_grid(b, c, image_hw) else None
-        nhwc = Layout("NHWC", (a, b), c) if aligned_grid(a, b, image_hw) else None
+        nchw = Layout("NCHW", (b, c), a) if aligned_grid(b, c, image_hw, overlapping=overlapping) else None
+        nhwc = Layout("NHWC", (a, b), c) if aligned_grid(a, b, image_hw, overlapping=overlapping) else None
         if nchw and nhwc:
             return [nhwc, nchw] if _channels_last_hint(module, c) else [nchw, nhwc]
         return [layout for layout in (nchw, nhwc) if layout]
@@ -281,7 +293,7 @@ def _plain_layouts(
         _, tokens, channels = shape
         return [
             Layout("tokens", grid, channels, prefix)
-            for prefix, grid in token_candidates(tokens, image_hw, observed_grids, prefix_hint)
+            for prefix, grid in token_candidates(tokens, image_hw, observed_grids, prefix_hint, overlapping)
         ]
     return []
 

@@ -256,7 +256,7 @@ def choose_score(
             text = "the image-text logit for text k (logits_per_image)"
         else:
             why = why or "the model returns [batch, classes] scores"
-            text = f"the logit of class k ({expression})"
+            text = ""  # the spec names the selected tensor itself (model(x).logits), as for every classifier
         return TaskScore("classification", selector, None, why, text, others)
     if chosen == "segmentation":
         if tensor.dim() != 4:
