@@ -403,3 +403,11 @@ def test_pasted_snippets_run(build: str, backend: str) -> None:
     result = namespace["heatmap"] if backend == "pytorch-grad-cam" else namespace["attribution"]
     values = np.asarray(result.detach() if isinstance(result, torch.Tensor) else result)
     assert np.isfinite(values).all() and values.std() > 0
+
+
+def test_two_dimensional_inputs_get_a_hint_only_where_it_is_right() -> None:
+    with pytest.raises(InputError, match=r"one signal \[C, L\] without its batch dimension: pass x.unsqueeze\(0\)"):
+        hookdoctor.inspect(tasks.SignalCNN(), torch.randn(2, 64))  # its first conv takes 2 channels
+    with pytest.raises(InputError, match="3 to 5 dimensions") as info:  # [B, L]? [C, L]? not for us to guess
+        hookdoctor.inspect(tasks.SpectrogramCNN(), torch.randn(4, 100))
+    assert "unsqueeze" not in str(info.value) and "wrapper" in str(info.value)

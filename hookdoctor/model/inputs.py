@@ -211,6 +211,24 @@ def _unbatched_hint(model: nn.Module, tensor: torch.Tensor) -> str | None:
     return None
 
 
+def _two_d_hint(model: nn.Module, tensor: torch.Tensor) -> str:
+    """What to do with a 2-D input, only where it is sure to be right.
+
+    A model whose first convolution is 1-D with as many channels as the tensor's first axis
+    was given one signal [C, L] without its batch axis. Otherwise [B, L] may be what the
+    model takes (wav2vec2 adds the channel axis itself), so the fix is a wrapper, not a reshape.
+    """
+    if tensor.dim() != 2 or not tensor.is_floating_point():
+        return ""
+    conv = _first_conv(model)
+    if isinstance(conv, nn.Conv1d) and conv.in_channels > 1 and conv.in_channels == int(tensor.shape[0]):
+        return " It is one signal [C, L] without its batch dimension: pass x.unsqueeze(0)."
+    return (
+        " If the model takes [B, L] waveforms, inspect a wrapper whose forward(x) returns model(x.squeeze(1)), "
+        "with x of shape [B, 1, L]."
+    )
+
+
 def _explained_entry(model: nn.Module, entries: dict[Any, Any], explain: str | int | None, what: str) -> Any:
     """The key (or index) of the tensor the map covers: ``explain``, or the only candidate."""
     if explain is not None:
@@ -274,12 +292,7 @@ def resolve_input(
             raise InputError(hint)
         kind = input_kind(model, example_input)
         if kind is None:
-            batch_hint = (
-                " If it is one signal [C, L] without its batch dimension, pass x.unsqueeze(0); a batch of "
-                "one-channel signals [B, L] is x.unsqueeze(1)."
-                if example_input.dim() == 2 and example_input.is_floating_point()
-                else ""
-            )
+            batch_hint = _two_d_hint(model, example_input)
             raise InputError(
                 f"example_input has shape {tuple(example_input.shape)} and dtype {example_input.dtype}; "
                 f"hookdoctor explains a floating-point tensor of 3 to 5 dimensions - {_SHAPES}.{batch_hint}"
