@@ -196,9 +196,8 @@ def test_clip_without_an_input_gets_token_ids_and_explain_picks_the_entry() -> N
     assert report.input_shape == (1, 3, 32, 32) and report.gradcam is not None
     with pytest.raises(InputError, match="explain='input_ids' names a torch.int64 tensor"):
         hookdoctor.inspect(model, inputs, methods="gradcam", explain="input_ids")
-    two_images = {"a": torch.randn(1, 3, 32, 32), "b": torch.randn(1, 3, 32, 32)}
-    with pytest.raises(InputError, match="name the one the map covers with explain="):
-        hookdoctor.inspect(tasks.TinyEmbedder(), two_images)
+    with pytest.raises(InputError, match="explain='text' names no entry"):
+        hookdoctor.inspect(model, inputs, methods="gradcam", explain="text")
 
 
 # -- detection ------------------------------------------------------------------------------

@@ -244,18 +244,15 @@ def _explained_entry(model: nn.Module, entries: dict[Any, Any], explain: str | i
             )
         return explain
     candidates = [k for k, v in entries.items() if input_kind(model, v) is not None]
-    preferred = [k for k in _EXPLAINED_KEYS if k in candidates]
-    if len(candidates) == 1 or preferred:
-        return preferred[0] if preferred else candidates[0]
     if not candidates:
         raise InputError(
             f"example_input is a {what} without a floating-point tensor to explain - {_SHAPES}; put the image "
             "(or video, spectrogram, signal) among the inputs."
         )
-    raise InputError(
-        f"example_input is a {what} with several floating-point tensors ({', '.join(repr(k) for k in candidates)}); "
-        "name the one the map covers with explain=KEY_OR_INDEX."
-    )
+    # Several images (a two-view model): pixel_values where it is there, else the first one;
+    # explain= names another.
+    preferred = [k for k in _EXPLAINED_KEYS if k in candidates]
+    return preferred[0] if preferred else candidates[0]
 
 
 def _describe_value(value: Any) -> str:
