@@ -5,47 +5,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
 import torch
 from torch import nn
 
+from hookdoctor import arguments
 from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
-from hookdoctor.errors import InputError
+from hookdoctor.errors import ModelRunError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved
-from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
+from hookdoctor.probe.record import Probe
 from hookdoctor.probe.run import recorded_pass
 from hookdoctor.report import Diagnostic, LayerVerdict, Report, sort_diagnostics
 from hookdoctor.specs.gradcam import GradCAMSpec
 
-METHODS = ("gradcam", "rollout")
-
-
-def _methods(methods: str | Iterable[str]) -> tuple[str, ...]:
-    wanted = (methods,) if isinstance(methods, str) else tuple(methods)
-    if "all" in wanted:
-        wanted = METHODS
-    unknown = [m for m in wanted if m not in METHODS]
-    if unknown or not wanted:
-        raise InputError(
-            f"Unknown method(s) {unknown or wanted!r}: methods must be a tuple of "
-            f"{', '.join(repr(m) for m in METHODS)} (or 'all')."
-        )
-    return tuple(dict.fromkeys(wanted))
-
-
-def _layer_names(layer: str | Sequence[str] | None) -> list[str]:
-    if layer is None:
-        return []
-    return [layer] if isinstance(layer, str) else list(layer)
+# Rollout refusals that mean the model has no image-wide token attention at all: under
+# methods="auto" rollout does not apply to such a model, rather than failing on it.
+NO_TOKEN_ATTENTION = ("HD506", "HD507", "HD508")
 
 
 def inspect(
@@ -54,7 +40,7 @@ def inspect(
     *,
     input_shape: Sequence[int] | None = None,
     target: int | None = None,
-    methods: str | Iterable[str] = METHODS,
+    methods: str | Iterable[str] = arguments.DEFAULT_METHODS,
     layer: str | Sequence[str] | None = None,
     output: str | int | None = None,
     explain: str | int | None = None,
@@ -63,7 +49,11 @@ def inspect(
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
-    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``output`` names
+    See the Report, GradCAMSpec and AttentionSpec docs (and ../API.md). ``methods="auto"``
+    (the default) judges Grad-CAM, plus rollout where the model computes image-wide token
+    attention; elsewhere rollout is reported as not applicable (HD514, info) and ``report.ok``
+    depends on Grad-CAM alone. Arguments are checked first (``hookdoctor.arguments``): a
+    wrong one raises InputError saying what to pass. ``output`` names
     the score in a model that returns several (a ModelOutput field or dict key, or a tuple
     index); by default the ``logits`` field, else the first 2-D tensor, is explained.
     ``explain`` names the entry of a dict (or tuple) example input that the map covers;
@@ -72,10 +62,14 @@ def inspect(
     is explained to. The model comes back untouched: hooks, training flags, requires_grad, .grad, attention
     settings and parameters are as they were, also when its forward raises.
     """
-    wanted = _methods(methods)
+    chosen = arguments.parse_methods(methods)
+    wanted = chosen.wanted
+    target = arguments.parse_target(target)
+    output = arguments.parse_output(output)
+    requested = arguments.parse_layer(layer)
     inner, prefix, wrappers = unwrap(model)
-    model_input = resolve_input(
-        inner, example_input, tuple(input_shape) if input_shape is not None else None, explain=explain
+    model_input = _normal_tensors(
+        resolve_input(inner, example_input, arguments.parse_input_shape(input_shape), explain=explain)
     )
     diagnostics: list[Diagnostic] = []
     if wrappers:
@@ -87,7 +81,6 @@ def inspect(
                 "Nothing to do: the spec's layer is the module your model holds.",
             )
         )
-    requested = _layer_names(layer)
     if len(requested) > 1:
         diagnostics.append(
             Diagnostic.of(
@@ -99,16 +92,18 @@ def inspect(
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
-    with preserved(model):
+    with preserved(model), _outside_inference_mode():
         was_training = inner.training
         inner.eval()
         try:
             pass_ = recorded_pass(inner, model_input, target, prefix, output, task=task, reference=reference)
             probe = pass_.__enter__()  # the one recorded pass
         except TaskRefusal as refusal:
-            return _refused(model, inner, model_input, wanted, diagnostics, refusal)
+            example = ExampleImage.of(model_input, made_here=example_input is None)
+            return _refused(model, inner, model_input, wanted, diagnostics, refusal, example)
         with contextlib.ExitStack() as scope:
             scope.push(pass_)
+            _refuse_non_finite_scores(probe)
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_nondeterministic())
@@ -125,6 +120,8 @@ def inspect(
                     prefix_hint=analysis.context.prefix_hint,
                     was_training=was_training,
                 )
+                if not chosen.named("rollout"):
+                    wanted, found = _rollout_not_applicable(wanted, found)
                 diagnostics += found
             summaries = analysis.summaries()
             target_index = probe.score.target  # the top class, or `target`
@@ -135,6 +132,7 @@ def inspect(
         aliases = _aliases(build_tree(inner, prefix), all_verdicts)
 
     def check_layer(name: str) -> LayerVerdict:
+        name = arguments.layer_name(name)
         if name in all_verdicts:
             return all_verdicts[name]
         if name in aliases:  # the same module object under a second name
@@ -158,6 +156,8 @@ def inspect(
         layers=summaries,
         layer_verdicts=verdicts,
         _judge=check_layer,
+        _model=model,
+        _example=ExampleImage.of(model_input, made_here=example_input is None),
     )
 
 
@@ -168,6 +168,7 @@ def _refused(
     wanted: tuple[str, ...],
     diagnostics: list[Diagnostic],
     refusal: TaskRefusal,
+    example: ExampleImage,
 ) -> Report:
     """The report for an output whose task cannot be explained on this input: the coded reason, no spec."""
     found = Diagnostic.of(refusal.code, refusal.message, refusal.fix, method=GRADCAM)
@@ -188,7 +189,56 @@ def _refused(
         layer_verdicts={},
         _judge=unjudged,
         task=refusal.task,
+        _model=model,
+        _example=example,
     )
+
+
+@contextmanager
+def _outside_inference_mode() -> Iterator[None]:
+    """Run the passes with autograd able to record, in the caller's grad mode.
+
+    Under ``torch.inference_mode()`` nothing can be differentiated; leaving it (and
+    putting back the grad mode it turned off) lets the probe run as it would under
+    ``torch.no_grad()``, which the specs are made for (HD005).
+    """
+    grad_enabled = torch.is_grad_enabled()
+    with torch.inference_mode(False), torch.set_grad_enabled(grad_enabled):
+        yield
+
+
+def _normal_tensors(model_input: ModelInput) -> ModelInput:
+    """The input with tensors made under ``inference_mode`` copied: autograd cannot save those."""
+
+    def normal(value: Any) -> Any:
+        return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
+
+    with torch.inference_mode(False):  # a copy made inside inference_mode would be an inference tensor
+        return ModelInput(
+            tuple(normal(a) for a in model_input.args),
+            {k: normal(v) for k, v in model_input.kwargs.items()},
+            model_input.image_slot,
+            model_input.kind,
+        )
+
+
+def _rollout_not_applicable(
+    wanted: tuple[str, ...], found: list[Diagnostic]
+) -> tuple[tuple[str, ...], list[Diagnostic]]:
+    """Under methods="auto": a model without token attention gets HD514 (info), and no rollout to judge."""
+    refusal = next((d for d in found if d.code in NO_TOKEN_ATTENTION and d.severity == "error"), None)
+    if refusal is None:
+        return wanted, found
+    note = Diagnostic.of(
+        "HD514",
+        refusal.message,
+        "Nothing to do: Grad-CAM alone is judged. Ask for rollout by name (methods=('rollout',), "
+        f"--method rollout) to see it refused as {refusal.code}.",
+        layer=refusal.layer,
+        method=arguments.ROLLOUT,
+    )
+    rest = [d for d in found if d is not refusal and d.method != arguments.ROLLOUT]
+    return tuple(m for m in wanted if m != arguments.ROLLOUT), [note, *rest]
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -203,6 +253,18 @@ def _nondeterministic() -> Diagnostic:
         "something random runs at inference, so every map changes from call to call.",
         "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
         "explaining it; hookdoctor explain HD006.",
+    )
+
+
+def _refuse_non_finite_scores(probe: Probe) -> None:
+    """NaN or inf scores on a finite input: no gradient and no map would mean anything."""
+    value = probe.score_value
+    if value is None or bool(torch.isfinite(value.detach()).all()):
+        return
+    raise ModelRunError(
+        f"The model's scores contain NaN or inf on a finite input of shape {tuple(probe.input_image.shape)}, so no "
+        "gradient and no map means anything. Check the weights (a checkpoint holding NaN), float16 "
+        "overflow, or a division by zero in the forward, then rerun."
     )
 
 

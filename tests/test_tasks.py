@@ -99,6 +99,7 @@ def test_segmentation_torchvision_fcn_dict_output() -> None:
     _assert_spec_works(report, x)
 
 
+@pytest.mark.transformers
 def test_segmentation_segformer_logits_survive_inspect() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -134,6 +135,7 @@ def test_embedding_without_reference_is_said_and_the_own_embedding_has_no_gradie
     assert naive.raw[0].max() < 1e-4 * spec_raw.max()
 
 
+@pytest.mark.timm
 def test_embedding_with_reference_is_the_cosine_similarity() -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -148,6 +150,7 @@ def test_embedding_with_reference_is_the_cosine_similarity() -> None:
     assert torch.allclose(report.gradcam.model(x)[0, 0], expected, atol=1e-5)
 
 
+@pytest.mark.timm
 def test_unpooled_timm_features_are_an_embedding_not_a_crash() -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -172,6 +175,7 @@ def test_task_override_and_wrong_task() -> None:
 # -- CLIP-style image-text models -----------------------------------------------------------
 
 
+@pytest.mark.transformers
 def test_clip_explains_image_text_logits_with_the_text_input() -> None:
     pytest.importorskip("transformers")
     model, inputs = tasks.tiny_clip_with_text()
@@ -189,6 +193,7 @@ def test_clip_explains_image_text_logits_with_the_text_input() -> None:
     _assert_spec_works(report, x)
 
 
+@pytest.mark.transformers
 def test_clip_without_an_input_gets_token_ids_and_explain_picks_the_entry() -> None:
     pytest.importorskip("transformers")
     model, inputs = tasks.tiny_clip_with_text()
@@ -280,6 +285,9 @@ def test_signal_gets_a_one_axis_grid() -> None:
     assert report.gradcam.grid == (32,) and report.gradcam.layout.kind == "NCL"
     assert report.gradcam.as_backend_input(x).shape == (1, 2, 1, 64)
     _assert_spec_works(report, x)
+    # Pictures overlay [H, W] maps on an image: a signal's report says so instead of drawing nonsense.
+    with pytest.raises(InputError, match="takes a signal input, and pictures are drawn for image inputs only"):
+        report.figure()
 
 
 @pytest.mark.parametrize("axes", [(6, 8, 8), (20,)])
@@ -352,8 +360,12 @@ def test_cli_takes_five_and_three_dimensional_shapes(capsys, factory: str, shape
     assert code == 0
     assert report["model"]["input_shape"] == [int(s) for s in shape.split(",")]
     assert report["gradcam"]["grid"] == grid
+    # The terminal report leaves out the map preview, an [H, W] picture, for these inputs.
+    assert main(["inspect", f"{_FACTORIES}:{factory}", "--input-shape", shape, "--method", "gradcam"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.transformers
 def test_cli_factory_may_return_the_model_and_its_inputs(capsys) -> None:
     pytest.importorskip("transformers")
     from hookdoctor.cli import main
@@ -365,6 +377,7 @@ def test_cli_factory_may_return_the_model_and_its_inputs(capsys) -> None:
     assert report["gradcam"]["score"].startswith("the image-text logit")
 
 
+@pytest.mark.transformers
 def test_audio_spectrogram_transformer_frequency_major_patches() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from hookdoctor.checks.layers import (
@@ -31,13 +32,15 @@ from hookdoctor.checks.layers import (
     observed_grids,
     split_call,
 )
-from hookdoctor.geometry.layout import Layout, prefix_token_hint
+from hookdoctor.errors import ModelRunError
+from hookdoctor.geometry.layout import Layout, ReshapeTransform, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.tree import module_kind
+from hookdoctor.model.unwrap import without_compile
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
-from hookdoctor.specs.gradcam import CallRouter, GradCAMSpec, ScoreModel
+from hookdoctor.specs.gradcam import CallRouter, Float32Maps, GradCAMSpec, ScoreModel
 
 # Recommending a layer stops after this many candidates failed the locality or map check.
 _MAX_TRIES = 12
@@ -79,7 +82,7 @@ class GradCAMAnalysis:
         probe: Probe,
         attention_sites: list[str],
     ) -> None:
-        self.model = model
+        self.spec_model = without_compile(model)  # what pytorch-grad-cam can differentiate more than once
         self.model_input = model_input
         self.probe = probe
         self.attention_sites = attention_sites
@@ -151,8 +154,11 @@ class GradCAMAnalysis:
             found.append(
                 Diagnostic.of(
                     "HD203",
-                    "The explained score does not depend on the input image at all (its gradient is zero).",
-                    "Check the model's head and weights: a constant score has nothing to explain.",
+                    "The explained score has no gradient with respect to the input image: the forward does not "
+                    "use the image, or runs the path from it under torch.no_grad / torch.inference_mode, or "
+                    "detaches it.",
+                    "Check the model's head and weights (a constant score has nothing to explain), and remove "
+                    "the no_grad, inference_mode or .detach() between the image and the score.",
                     method=GRADCAM,
                 )
             )
@@ -298,19 +304,12 @@ class GradCAMAnalysis:
                 lay
                 for lay in j.layouts
                 if (by_construction and lay.kind in ("NCHW", "NCTHW", "NCL") and not lay.transposed)
-                or lines_up(call.output_tensor, image, lay, channel_axis=self.probe.channel_axis)
+                or self._lines_up(call.output_tensor, lay)
             ),
             None,
         )
         if layout is None:
-            layout = next(
-                (
-                    lay
-                    for lay in j.layouts
-                    if lines_up(call.output_tensor, image, lay, strict=False, channel_axis=self.probe.channel_axis)
-                ),
-                None,
-            )
+            layout = next((lay for lay in j.layouts if self._lines_up(call.output_tensor, lay, strict=False)), None)
             if layout is not None:
                 self.coarse.append(j.name)
         if layout is not None:
@@ -328,6 +327,31 @@ class GradCAMAnalysis:
             "are unusual.",
         )
         return None
+
+    def _lines_up(self, output: torch.Tensor, layout: Layout, strict: bool = True) -> bool:
+        """The locality probe, with failures of the user's model told apart from hookdoctor's own.
+
+        It differentiates the probe's graph again: a forward that edits its weights in place
+        invalidates that graph, and a backward that fails only when repeated fails here.
+        """
+        try:
+            return lines_up(output, self.probe.input_image, layout, strict=strict, channel_axis=self.probe.channel_axis)
+        except Exception as exc:
+            if "modified by an inplace operation" in str(exc):
+                raise ModelRunError(
+                    "The model's forward edits its own parameters or buffers in place (for example "
+                    "`self.weight.add_(...)` under no_grad): the second forward hookdoctor ran changed tensors "
+                    "the first one's gradient needs, so autograd refused to differentiate it. Every gradient "
+                    "method fails the same way once the model runs twice; move the update out of forward (into "
+                    "the training step) or apply it to a copy."
+                ) from exc
+            if _raised_by_user_code(exc):
+                raise ModelRunError(
+                    f"The model's backward pass raised {type(exc).__name__} on a later pass: {exc}. hookdoctor "
+                    "differentiates the explained score several times over one forward; a backward that fails "
+                    "when repeated breaks every gradient method that retains the graph (pytorch-grad-cam does)."
+                ) from exc
+            raise
 
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
         found: list[Diagnostic] = []
@@ -495,19 +519,22 @@ class GradCAMAnalysis:
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
         pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
         backend_axis = BACKEND_AXIS.get(self.model_input.kind)
+        # numpy, which pytorch-grad-cam converts maps and scores to, has no bfloat16.
+        float_scores = score.dtype == torch.bfloat16
         plain = (
             score.selector.how == "tensor"
             and pre_activation is None
             and score.pre_activation_function is None
             and score.head is None
             and backend_axis is None
+            and not float_scores
         )
         if plain and grad_note is None and not extra_args:
-            score_model: nn.Module = self.model
+            score_model: nn.Module = self.spec_model
         else:
             template = self.model_input if extra_args else None
             score_model = ScoreModel(
-                self.model,
+                self.spec_model,
                 score.selector,
                 pre_activation=pre_activation,
                 call_template=template,
@@ -515,7 +542,11 @@ class GradCAMAnalysis:
                 pre_activation_function=score.pre_activation_function,
                 backend_axis=backend_axis,
                 input_dims=self.model_input.image.dim(),
+                float_scores=float_scores,
             )
+        transform: ReshapeTransform | Float32Maps | None = layout.transform()
+        if j.first_call.output_tensor.dtype == torch.bfloat16:
+            transform = Float32Maps(layout.transform())
         notes = (
             layout_notes(j, layout)
             + ([grad_note] if grad_note else [])
@@ -534,7 +565,7 @@ class GradCAMAnalysis:
         spec = GradCAMSpec(
             layer_name=j.name,
             layer=layer,
-            reshape_transform=layout.transform(),
+            reshape_transform=transform,
             model=score_model,
             grid=layout.grid,
             layout=layout,
@@ -543,6 +574,7 @@ class GradCAMAnalysis:
             call_index=j.call_index,
             task=score.task,
             input_kind=self.model_input.kind,
+            input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes
 
@@ -561,8 +593,9 @@ class GradCAMAnalysis:
         for name in sorted(dead, key=lambda n: (n.count("."), n)):
             if module_kind(self.probe.records[name].module) not in ("block", "norm"):
                 continue
-            parent = name.rsplit(".", 1)[0] if "." in name else None
-            in_a_stack = parent is not None and module_kind(self.probe.records[parent].module) == "container"
+            # The inner model of a wrapper (`module.`, `_orig_mod.`) is not a record: it is the root.
+            parent = self.probe.records.get(name.rsplit(".", 1)[0]) if "." in name else None
+            in_a_stack = parent is not None and module_kind(parent.module) == "container"
             if live.startswith(name + ".") and not in_a_stack:
                 continue  # the backbone as a whole: it holds the live layer too
             if any(name.startswith(block + ".") for block in included):
@@ -605,3 +638,14 @@ class GradCAMAnalysis:
                 )
             )
         return out
+
+
+def _raised_by_user_code(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is neither hookdoctor's nor torch's: the model's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return not any(f"/{package}/" in filename for package in ("hookdoctor", "torch"))

@@ -3,7 +3,7 @@ flow (HD2xx), layout (HD3xx) and layer naming (HD4xx): the Grad-CAM side."""
 
 from __future__ import annotations
 
-from hookdoctor.codes import Code
+from hookdoctor.codes._code import Code
 
 _MODEL = "model output"
 _SITE = "hook site"
@@ -290,6 +290,26 @@ Explain the class the model predicts, explain the negative score
 not empty for this class and says so.""",
     ),
     Code(
+        "HD205", "no-second-order-gradient", _GRAD, "error",
+        "ShapleyCAM needs the second derivative of the score at the layer, and this model has none.",
+        """ShapleyCAM weighs each channel by its gradient minus half a Hessian-vector product:
+it differentiates the layer's gradient once more. Every operation between the layer and
+the score then needs a double backward. Custom autograd functions marked
+`@once_differentiable` (fused CUDA kernels, deformable convolution and attention, many
+memory-efficient activations) do not have one, and pytorch-grad-cam fails with "trying
+to differentiate twice a function that was marked with @once_differentiable" or
+"derivative for ... is not implemented".
+
+Fused scaled-dot-product attention is not one of these cases: its CPU flash kernel has no
+double backward, but the math kernel has, and the spec's ShapleyCAM kwargs run the model
+under `sdpa_kernel(SDPBackend.MATH)`. hookdoctor checks the second derivative once on an
+input of the example's shape before it hands out ShapleyCAM kwargs.
+
+Use a first-order method on this layer (GradCAM, HiResCAM, GradCAMElementWise), hook a
+layer after that operation, or replace it by one with a double backward (torchvision's
+`deform_conv2d`, for example, has none).""",
+    ),
+    Code(
         "HD301", "token-layout", _LAYOUT, "info",
         "The layer's output is a token sequence [B, T, C], which needs a reshape to [B, C, H, W].",
         """Grad-CAM needs channels in dim 1 and the image grid in dims 2 and 3. Given
@@ -364,6 +384,18 @@ grid - so the spec is handed out, but its map is coarser than the grid suggests.
 
 Prefer an earlier layer if you need sharp maps (`--layer`), or check the map on a batch
 of two inputs.""",
+    ),
+    Code(
+        "HD308", "grid-too-small-for-fem", _LAYOUT, "error",
+        "FEM's k-sigma rule cannot keep any cell of a grid this small, so its map is all zeros.",
+        """FEM (pytorch-grad-cam's `FEM`, default `k=2`) keeps, in each channel, the cells whose
+activation exceeds the channel's mean by k standard deviations over the grid. On a grid
+of n cells no value can exceed the mean by more than sqrt(n - 1) standard deviations (one
+cell high, the others equal), so with n <= k^2 + 1 - a 2x2 grid, the last stage of a
+ResNet on a small input - every channel is empty and FEM returns zeros, without an error.
+
+Use a layer with a finer grid (an earlier layer, or a larger input: the grid grows with
+it), pass a smaller `k` yourself, or use another method of the family on this layer.""",
     ),
     Code(
         "HD401", "several-target-layers", _NAMING, "warning",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -64,6 +67,25 @@ class ModelInput:
         kwargs = dict(self.kwargs)
         kwargs[self.image_slot] = image
         return ModelInput(self.args, kwargs, self.image_slot, self.kind)
+
+    def for_batch(self, batch: int) -> ModelInput:
+        """The inputs for an image batch of ``batch``: the other inputs of batch 1 repeated to it.
+
+        AblationCAM and ScoreCAM run the model on copies of one image; the inputs held fixed
+        (a two-view model's other view, a mask) must come in as many copies, or the model
+        fails on mismatched batch sizes. Inputs of another batch size are left as they are.
+        """
+        if batch == self.batch:
+            return self
+
+        def held(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1:
+                return value.repeat(batch, *([1] * (value.dim() - 1)))
+            return value
+
+        return ModelInput(
+            tuple(held(a) for a in self.args), {k: held(v) for k, v in self.kwargs.items()}, self.image_slot, self.kind
+        )
 
     def call(self, model: nn.Module) -> Any:
         return model(*self.args, **self.kwargs)
@@ -184,6 +206,7 @@ def _random_input(model: nn.Module, shape: tuple[int, ...]) -> ModelInput:
             "for example (1, 3, 224, 224)."
         )
     device, dtype = _device_and_dtype(model)
+    _refuse_oversized(shape, dtype, device)
     generator = torch.Generator().manual_seed(0)
     tensor = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     kind = input_kind(model, tensor)
@@ -268,6 +291,14 @@ def resolve_input(
     explain: str | int | None = None,
 ) -> ModelInput:
     """Turn what the user gave (or nothing) into a ModelInput, or raise InputError."""
+    model_input = _resolve(model, example_input, input_shape, explain)
+    _refuse_unusable(model_input)
+    return model_input
+
+
+def _resolve(
+    model: nn.Module, example_input: Any, input_shape: tuple[int, ...] | None, explain: str | int | None
+) -> ModelInput:
     if example_input is not None and input_shape is not None:
         raise InputError(
             "Both example_input and input_shape were given; pass one of them: the example input "
@@ -310,3 +341,102 @@ def resolve_input(
     raise InputError(
         f"example_input must be a Tensor, a tuple of Tensors or a dict of Tensors, not {type(example_input).__name__}."
     )
+
+
+# One forward and backward with every activation kept holds many tensors of the input's
+# size; an input whose size times this factor exceeds the free memory cannot be run.
+ACTIVATION_FACTOR = 16
+
+
+def _refuse_oversized(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse an input_shape whose tensor (and the pass around it) cannot fit, before allocating it."""
+    needed = math.prod(shape) * dtype.itemsize
+    available = available_memory(device)
+    if available is None or needed * ACTIVATION_FACTOR <= available:
+        return
+    # The same kind of input, smaller: 224 per spatial axis, 16 frames, at most 1024 per audio or signal axis.
+    smaller = {
+        5: (1, shape[1], 16, 224, 224),
+        4: (1, shape[1], 224, 224),
+        3: (1, min(shape[1], 1024), min(shape[2], 1024)),
+    }[len(shape)]
+    raise InputError(
+        f"input_shape {shape} would need {_size(needed)} for the {dtype} input tensor alone, and one forward "
+        f"and backward keeps many activations of that size; {_size(available)} of memory is available on "
+        f"{device}. Pass a smaller input_shape such as {smaller} (--input-shape "
+        f"{','.join(str(n) for n in smaller)}): which layers work does not depend on the input's size for most models."
+    )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} TB"
+
+
+def _refuse_unusable(model_input: ModelInput) -> None:
+    """An empty batch or non-finite values: no map and no gradient could mean anything."""
+    image = model_input.image
+    if image.shape[0] == 0 or image.numel() == 0:
+        raise InputError(
+            f"example_input has shape {tuple(image.shape)}: it holds no image (a size is 0), so there is "
+            "nothing to run or explain. Pass at least one image, e.g. torch.randn(1, 3, 224, 224)."
+        )
+    tensors = [*model_input.args, *model_input.kwargs.values()]
+    for value in tensors:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_meta:
+            if not bool(torch.isfinite(value).all()):
+                kind = "NaN" if bool(torch.isnan(value).any()) else "inf"
+                raise InputError(
+                    f"example_input contains {kind} values (shape {tuple(value.shape)}): every score and "
+                    "gradient computed from it is non-finite, so no layer can be judged. Pass finite "
+                    "values, e.g. a normalised image or torch.randn(...); check the preprocessing "
+                    "(division by a zero std, a log of 0)."
+                )
+
+
+@dataclass(frozen=True)
+class ExampleImage:
+    """How to get the example image back after ``inspect`` without keeping a tensor.
+
+    A random input hookdoctor made is made again (same shape, same seed); an input the
+    user gave is held by a weak reference, so it is there as long as the user keeps it.
+    """
+
+    shape: tuple[int, ...]
+    made_here: bool
+    given: weakref.ReferenceType[torch.Tensor] | None = None
+    kind: InputKind = "image"  # maps are drawn over images only
+
+    @classmethod
+    def of(cls, model_input: ModelInput, made_here: bool) -> ExampleImage:
+        image = model_input.image
+        given = None if made_here else weakref.ref(image)
+        return cls(tuple(int(s) for s in image.shape), made_here, given, model_input.kind)
+
+    def recall(self, model: nn.Module) -> torch.Tensor | None:
+        """The example image, or None when the user's tensor is gone."""
+        if self.made_here:
+            return resolve_input(model, None, self.shape).image
+        return self.given() if self.given is not None else None

@@ -66,7 +66,8 @@ class OutputSelector:
 def find_score(output: Any) -> tuple[OutputSelector, list[str]] | None:
     """Where the score is in ``output``, and the other 2-D candidates that were passed over."""
     if isinstance(output, torch.Tensor):
-        return OutputSelector(), []
+        # A 0-d or 1-D tensor (a summed loss, a squeezed batch) has no [batch, classes] score.
+        return (OutputSelector(), []) if output.dim() >= 2 else None
     candidates: list[tuple[OutputSelector, str]] = []
     if isinstance(output, Mapping):
         is_model_output = hasattr(output, "to_tuple")  # transformers ModelOutput (attribute access works)

@@ -198,7 +198,8 @@ def _select(output: Any, axes: tuple[int, ...], output_key: str | int | None) ->
     raise InputError(
         f"The model returned {describe(output)}, which holds no score tensor to explain: no [batch, classes] "
         "logits, no [batch, classes, H, W] segmentation map, no embedding and no detections. Wrap the model so "
-        "that its forward returns one of these, or name the entry with output=KEY_OR_INDEX."
+        "that its forward returns the scores (logits or an embedding) as a 2-D tensor and inspect the wrapper, "
+        "or name the entry with output=KEY_OR_INDEX."
     )
 
 
@@ -210,9 +211,10 @@ def _task_of_tensor(tensor: torch.Tensor, axes: tuple[int, ...], name: str) -> s
     if tensor.dim() in (3, 4, 5):
         return "embedding"  # features (tokens or a coarse map): compared to a reference once pooled
     raise InputError(
-        f"The model returned a tensor of shape {tuple(tensor.shape)}; hookdoctor explains [batch, classes] "
-        "scores, [batch, classes, H, W] segmentation maps, embeddings and detections. Wrap the model so that "
-        "its forward returns one of these."
+        f"The model returned {describe(tensor)}, which holds no score tensor to explain: hookdoctor explains "
+        "[batch, classes] scores, [batch, classes, H, W] segmentation maps, embeddings and detections. Wrap the "
+        "model so that its forward returns the scores (logits or an embedding) as a 2-D tensor, and inspect "
+        "the wrapper."
     )
 
 

@@ -149,6 +149,7 @@ class Score:
     selector: OutputSelector
     other_heads: list[str]
     output_structure: str
+    dtype: torch.dtype  # of the score as the model returns it
     target: int  # the class explained for the first sample
     pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
     saturated: bool

@@ -298,6 +298,7 @@ def _differentiate(
         selector=chosen.selector,
         other_heads=chosen.other_heads,
         output_structure=describe(output),
+        dtype=logits.dtype,
         target=int(target_idx[0]),
         pre_activation=pre_activation,
         saturated=saturated,
