@@ -28,7 +28,7 @@ from fixtures.attention_checks import assert_untouched, snapshot
 from fixtures.pathological import (
     channels_last_swin,
     deformable_head_cnn,
-    hf_vit_transformers5,
+    hf_vit,
     register_token_vit,
 )
 from hookdoctor.specs.ablation import GridAblationLayer
@@ -65,7 +65,7 @@ class Column:
 
 COLUMNS = {
     "cnn": Column("ResNet-18 (NCHW)", resnet18, 32),
-    "cls_vit": Column("HF ViT, CLS token", hf_vit_transformers5, 32),
+    "cls_vit": Column("HF ViT, CLS token", hf_vit, 32),
     "register_vit": Column("timm ViT, CLS + 4 registers", register_token_vit, 32),
     "swin": Column("timm Swin (channels-last)", channels_last_swin, 32),
     "before_dcn": Column("CNN, layer before a `deform_conv2d`", deformable_head_cnn, 16, layer="stem", seed=4),

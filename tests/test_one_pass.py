@@ -14,6 +14,7 @@ from fixtures import pathological
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
+pytestmark = [pytest.mark.transformers, pytest.mark.timm]
 
 
 def _tiny_hf_vit() -> tuple[nn.Module, torch.Tensor]:
