@@ -17,10 +17,13 @@ from hookdoctor import arguments
 from hookdoctor.checks.attention import analyse_attention
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
-from hookdoctor.errors import ModelRunError
+from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
+from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
-from hookdoctor.model.guard import preserved
+from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
+from hookdoctor.model.memory import guard_pass
+from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
@@ -46,6 +49,7 @@ def inspect(
     explain: str | int | None = None,
     task: str | None = None,
     reference: torch.Tensor | None = None,
+    structure_only: bool = False,
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
 
@@ -61,6 +65,13 @@ def inspect(
     embedding, detection); ``reference`` is the embedding an embedding model's similarity
     is explained to. The model comes back untouched: hooks, training flags, requires_grad, .grad, attention
     settings and parameters are as they were, also when its forward raises.
+
+    ``structure_only=True`` runs the pass on the meta device (no weights, no values): a
+    model built under ``torch.device("meta")`` is run as it is, a model on a real device
+    through a weightless copy (its own modules are untouched, and the spec names them).
+    Specs come back with ``verified=False`` and the report lists the checks that need
+    values (``report.not_run``). Without it, a model whose pass would not fit in memory
+    raises ``InsufficientMemoryError`` suggesting it.
     """
     chosen = arguments.parse_methods(methods)
     wanted = chosen.wanted
@@ -68,9 +79,27 @@ def inspect(
     output = arguments.parse_output(output)
     requested = arguments.parse_layer(layer)
     inner, prefix, wrappers = unwrap(model)
-    model_input = _normal_tensors(
-        resolve_input(inner, example_input, arguments.parse_input_shape(input_shape), explain=explain)
-    )
+    shape = arguments.parse_input_shape(input_shape)
+    # Before anything reads the parameters (the memory guard, the meta copy): a Lazy one cannot be read.
+    refuse_lazy_modules(inner)
+    built_on_meta = is_meta(inner)
+    if built_on_meta and not structure_only:
+        raise InputError(
+            f"{type(inner).__name__} lives on the meta device: it has shapes but no weights, so it cannot run "
+            "at full size. Pass structure_only=True (--structure-only) to inspect its structure, or build it "
+            "on a real device."
+        )
+    # The pass runs on `runner`: the model itself, or its weightless copy for a structure-only look.
+    runner = meta_copy(inner) if structure_only and not built_on_meta else inner
+    model_input = _normal_tensors(resolve_input(runner, example_input, shape, explain=explain))
+    # Kept before the move to the meta device: report.figure() needs the user's own input back.
+    example = ExampleImage.of(model_input, made_here=example_input is None)
+    if structure_only:
+        model_input = meta_input(model_input)
+    else:
+        guard_pass(inner, model_input)
+    # Specs name the user's modules, also when the pass ran on the copy.
+    modules = {prefix + name: module for name, module in inner.named_modules() if name} if runner is not inner else None
     diagnostics: list[Diagnostic] = []
     if wrappers:
         diagnostics.append(
@@ -92,28 +121,29 @@ def inspect(
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
-    with preserved(model), _outside_inference_mode():
+    # A structure-only pass on a weightless copy leaves the user's model alone: guarding the copy
+    # avoids a CPU copy of every weight (the memory structure-only is there to save).
+    with preserved(model if runner is inner else runner), _outside_inference_mode():
         was_training = inner.training
-        inner.eval()
+        runner.eval()
         try:
-            pass_ = recorded_pass(inner, model_input, target, prefix, output, task=task, reference=reference)
+            pass_ = recorded_pass(runner, model_input, target, prefix, output, task=task, reference=reference)
             probe = pass_.__enter__()  # the one recorded pass
         except TaskRefusal as refusal:
-            example = ExampleImage.of(model_input, made_here=example_input is None)
-            return _refused(model, inner, model_input, wanted, diagnostics, refusal, example)
+            return _refused(model, inner, model_input, wanted, diagnostics, refusal, example, structure_only)
         with contextlib.ExitStack() as scope:
             scope.push(pass_)
             _refuse_non_finite_scores(probe)
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_nondeterministic())
-            analysis = GradCAMAnalysis(model, inner, model_input, probe, sites)
+            analysis = GradCAMAnalysis(model, runner, model_input, probe, sites, modules=modules)
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
                 gradcam_spec, found = analysis.recommend(requested)
                 diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
             if "rollout" in wanted:
                 rollout_spec, found = analyse_attention(
-                    inner,
+                    runner,
                     model_input,
                     probe=probe,
                     name_prefix=prefix,
@@ -124,12 +154,13 @@ def inspect(
                     wanted, found = _rollout_not_applicable(wanted, found)
                 diagnostics += found
             summaries = analysis.summaries()
-            target_index = probe.score.target  # the top class, or `target`
+            # the top class, or `target`; a structure-only pass has no top class
+            target_index = probe.score.target if not structure_only or target is not None else None
             task_name = probe.score.task
             all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
             call_counts = {name: len(record.calls) for name, record in probe.records.items()}
             module_names = list(analysis.judgements)
-        aliases = _aliases(build_tree(inner, prefix), all_verdicts)
+        aliases = _aliases(build_tree(runner, prefix), all_verdicts)
 
     def check_layer(name: str) -> LayerVerdict:
         name = arguments.layer_name(name)
@@ -142,6 +173,9 @@ def inspect(
 
     verdicts = {name: check_layer(name) for name in requested}
     diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
+    if structure_only:  # nothing was run on values: every spec says so
+        gradcam_spec = dataclasses.replace(gradcam_spec, verified=False) if gradcam_spec is not None else None
+        rollout_spec = dataclasses.replace(rollout_spec, verified=False) if rollout_spec is not None else None
 
     return Report(
         methods=wanted,
@@ -156,8 +190,10 @@ def inspect(
         layers=summaries,
         layer_verdicts=verdicts,
         _judge=check_layer,
+        structure_only=structure_only,
+        not_run=NOT_RUN_WITHOUT_VALUES if structure_only else (),
         _model=model,
-        _example=ExampleImage.of(model_input, made_here=example_input is None),
+        _example=example,
     )
 
 
@@ -169,6 +205,7 @@ def _refused(
     diagnostics: list[Diagnostic],
     refusal: TaskRefusal,
     example: ExampleImage,
+    structure_only: bool,
 ) -> Report:
     """The report for an output whose task cannot be explained on this input: the coded reason, no spec."""
     found = Diagnostic.of(refusal.code, refusal.message, refusal.fix, method=GRADCAM)
@@ -189,6 +226,8 @@ def _refused(
         layer_verdicts={},
         _judge=unjudged,
         task=refusal.task,
+        structure_only=structure_only,
+        not_run=NOT_RUN_WITHOUT_VALUES if structure_only else (),
         _model=model,
         _example=example,
     )
@@ -259,7 +298,7 @@ def _nondeterministic() -> Diagnostic:
 def _refuse_non_finite_scores(probe: Probe) -> None:
     """NaN or inf scores on a finite input: no gradient and no map would mean anything."""
     value = probe.score_value
-    if value is None or bool(torch.isfinite(value.detach()).all()):
+    if value is None or value.is_meta or bool(torch.isfinite(value.detach()).all()):
         return
     raise ModelRunError(
         f"The model's scores contain NaN or inf on a finite input of shape {tuple(probe.input_image.shape)}, so no "

@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--strict", action="store_true", help="count warnings as failures (exit 1)")
     inspect.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="build and run the model on the meta device (no weights, no values): for models too large "
+        "to run; checks that need values are listed as not run and specs are unverified",
+    )
+    inspect.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="run the model there: cpu, cuda, cuda:1, mps (default: cpu)",
+    )
+    inspect.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -410,7 +421,7 @@ class _Phase:
 def _load_and_inspect(
     args: argparse.Namespace, methods: Methods, phase: _Phase
 ) -> tuple[Report, Any, Any]:
-    from hookdoctor.model.loading import LoadOptions, load_model
+    from hookdoctor.model.loading import LoadOptions
     from hookdoctor.render.progress import progress
 
     options = LoadOptions(
@@ -419,42 +430,103 @@ def _load_and_inspect(
         trust_pickle=args.trust_pickle,
         trust_remote_code=args.trust_remote_code,
     )
-    with progress(f"Building {args.model}"):
-        try:
-            loaded = load_model(args.model, options)
-        except SystemExit as exc:  # user code reached from a library hook, past the factory's own guard
-            raise ModelLoadError(
-                f"Building {args.model} ended the process with sys.exit({exc.code!r}). The model's code must "
-                "return the model, not exit; move the sys.exit (or an argparse parse_args()) under "
-                '`if __name__ == "__main__":`.'
-            ) from None
+    shown = not args.json  # progress on a terminal only, and never under --json
+    if args.structure_only:
+        if args.device is not None:
+            raise InputError(
+                "--device has no effect with --structure-only: the model is built on the meta device, with "
+                "no weights anywhere. Drop one of the two."
+            )
+        if args.figure is not None:
+            raise InputError(
+                "--figure draws Grad-CAM maps, which need values; --structure-only runs the model on the meta "
+                "device, with none. Drop one of the two."
+            )
+        with progress(f"Building {args.model} on the meta device", enabled=shown):
+            loaded = _build(args, options, on_meta=True)
+        model = loaded.model
+    else:
+        device = _device(args.device)
+        if loaded_by_library(args.model):
+            # Weights and one pass at full size must fit: measured on a weightless build first.
+            with progress(f"Estimating the memory {args.model} needs", enabled=shown):
+                from hookdoctor.model.memory import guard_build
+
+                guard_build(_build(args, options, on_meta=True).model, args.input_shape, device)
+        with progress(f"Building {args.model}", enabled=shown):
+            loaded = _build(args, options)
+        model = loaded.model if device is None else loaded.model.to(device)
     import hookdoctor
 
     if args.layer is not None:
-        _check_layer_exists(loaded.model, args.layer)
+        _check_layer_exists(model, args.layer)
     input_shape = args.input_shape or loaded.input_shape
-    picture = _picture(args, loaded.model, input_shape)
+    picture = _picture(args, model, input_shape)
     # The inputs a factory returned beside its model, unless --input-shape or a picture asks for another one.
     example_input = loaded.example_input if args.input_shape is None and picture is None else None
-    phase.doing = f"running {type(loaded.model).__name__} forward and backward"
-    with progress(f"Probing {type(loaded.model).__name__} (one forward and backward pass)"):
+    phase.doing = f"running {type(model).__name__} forward and backward"
+    what = "on the meta device" if args.structure_only else "one forward and backward pass"
+    with progress(f"Probing {type(model).__name__} ({what})", enabled=shown):
         try:
             report = hookdoctor.inspect(
-                loaded.model,
+                model,
                 picture.image if picture is not None else example_input,
                 input_shape=input_shape if picture is None and example_input is None else None,
                 target=args.target,
                 output=args.output,
                 methods=_method_words(methods),
                 layer=args.layer,
+                structure_only=args.structure_only,
             )
         except SystemExit as exc:
             raise ModelRunError(
-                f"Running {type(loaded.model).__name__} ended the process with sys.exit({exc.code!r}): its forward "
+                f"Running {type(model).__name__} ended the process with sys.exit({exc.code!r}): its forward "
                 "(or a hook on it) calls sys.exit. Remove that call from the forward pass; a model that exits "
                 "cannot be inspected or explained."
             ) from None
-    return report, loaded.model, picture
+    return report, model, picture
+
+
+def _build(args: argparse.Namespace, options: Any, *, on_meta: bool = False) -> Any:
+    """load_model, with a sys.exit in the user's code told as a load error."""
+    from hookdoctor.model.loading import load_model
+
+    try:
+        return load_model(args.model, options, on_meta=on_meta)
+    except SystemExit as exc:  # user code reached from a library hook, past the factory's own guard
+        raise ModelLoadError(
+            f"Building {args.model} ended the process with sys.exit({exc.code!r}). The model's code must "
+            "return the model, not exit; move the sys.exit (or an argparse parse_args()) under "
+            '`if __name__ == "__main__":`.'
+        ) from None
+
+
+def loaded_by_library(model: str) -> bool:
+    """MODEL strings torchvision, timm or transformers build (cheaply, on the meta device too)."""
+    from pathlib import Path
+
+    prefix, _, rest = model.partition(":")
+    return (prefix in ("torchvision", "timm", "hf") and bool(rest)) or (Path(model) / "config.json").is_file()
+
+
+def _device(text: str | None) -> Any:
+    """The torch.device ``--device`` names, or None (the model stays where it was built)."""
+    if text is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise InputError(f"--device {text!r} is not a device torch knows ({_first_line(exc)}); use cpu, cuda, "
+                         "cuda:1 or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {text} asks for CUDA, but torch sees no CUDA device here; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {text} asks for MPS, but it is not available here; use --device cpu.")
+    if device.type == "meta":
+        raise InputError("--device meta: use --structure-only, which builds and inspects the model there.")
+    return device
 
 
 # --- pictures -----------------------------------------------------------------------------------
@@ -510,7 +582,8 @@ def _write_figure(report: Report, picture: _Picture | None, path: str) -> None:
 
 def _preview_map(report: Report, picture: _Picture | None) -> Any:
     """The spec's Grad-CAM map on the example input, for the report's preview; None without a spec."""
-    if report.gradcam is None or report.gradcam.input_kind != "image":  # the preview is an [H, W] picture
+    # A map needs values (the meta device has none); the preview is an [H, W] picture.
+    if report.gradcam is None or report.structure_only or report.gradcam.input_kind != "image":
         return None
     from hookdoctor.errors import MissingDependencyError
     from hookdoctor.render.maps import spec_map
@@ -627,6 +700,8 @@ def _model_summary(model: Any, report: Report) -> Any:
     from hookdoctor.render.progress import progress
     from hookdoctor.render.summary import summarize_model
 
+    if report.structure_only:  # torchinfo runs the model: there are no values on the meta device
+        return None
     with progress("Counting parameters and mult-adds (torchinfo)"):
         return summarize_model(model, report.input_shape)
 

@@ -41,6 +41,10 @@ class ModelRunError(HookdoctorError):
     """The model raised while hookdoctor ran it once forward and backward."""
 
 
+class InsufficientMemoryError(InputError):
+    """A full-size pass would not fit in the memory available; the message gives the figure and the way out."""
+
+
 class MissingDependencyError(HookdoctorError, ImportError):
     """An optional package is needed; the message holds the exact ``pip install`` line."""
 

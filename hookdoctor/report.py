@@ -92,10 +92,19 @@ class Report:
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
     task: str = "classification"  # classification, segmentation, embedding or detection (what target indexes)
+    structure_only: bool = False  # the pass ran on the meta device: shapes and graph, no values
+    not_run: tuple[str, ...] = ()  # the checks that need values, skipped by a structure-only pass
     # For pictures, computed on demand: the model inspected (the specs hold it already) and how to
     # get the example image back. Neither keeps a tensor the model made.
     _model: nn.Module | None = field(default=None, repr=False, compare=False)
     _example: ExampleImage | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def full_run_adds(self) -> str | None:
+        """One line: what inspecting without structure_only would add (None after a full run)."""
+        from hookdoctor.checks.structure import FULL_RUN_ADDS
+
+        return FULL_RUN_ADDS if self.structure_only else None
 
     @property
     def ok(self) -> bool:
@@ -131,6 +140,11 @@ class Report:
         if self._model is None:
             raise InputError("This report was not made by hookdoctor.inspect, so it has no model to draw maps of.")
         inner, _, _ = unwrap(self._model)
+        if any(t.is_meta for t in inner.parameters()):
+            raise InputError(
+                f"{type(inner).__name__} lives on the meta device: it has no weights, so no map can be drawn. "
+                "Build it on a real device and inspect it (structure_only=True is fine) to draw its maps."
+            )
         given = resolve_input(inner, x) if x is not None else None
         kind = given.kind if given is not None else self._example.kind if self._example is not None else "image"
         if kind != "image":
@@ -173,6 +187,8 @@ class Report:
             "rollout": self.rollout.to_dict() if self.rollout is not None else None,
             "checked_layers": {n: v.to_dict() for n, v in self.layer_verdicts.items()},
             "layers": [layer.to_dict() for layer in self.layers],
+            "structure_only": self.structure_only,
+            "not_run": list(self.not_run),
         }
 
     def __rich_console__(self, console: Any, options: Any) -> Any:

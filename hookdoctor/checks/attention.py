@@ -256,6 +256,16 @@ def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str,
     return "mean", ()
 
 
+def _structural_query(probe: Probe, tokens: int, prefix: int, has_pool: bool) -> tuple[str, tuple[int, ...]]:
+    """The rollout query without gradient values (meta device): a head that picks a token reads it."""
+    if has_pool:
+        return "pool", ()
+    picked = [index for index in probe.graph.picked_tokens(tokens) if index < prefix]
+    if prefix and picked and not probe.reads_patch_tokens(tokens):
+        return "cls", tuple(picked)
+    return "mean", ()
+
+
 def analyse_attention(
     model: nn.Module,
     model_input: ModelInput,
@@ -317,7 +327,10 @@ def analyse_attention(
     prefix, grid = candidates[0]
 
     rows, on_path = _read_rows(block_calls, backward_ran=probe.score.has_gradient)
-    query, query_tokens = _query(rows, prefix, pool is not None)
+    if probe.structure_only:
+        query, query_tokens = _structural_query(probe, tokens, prefix, pool is not None)
+    else:
+        query, query_tokens = _query(rows, prefix, pool is not None)
     on_gradient_path = all(on_path)
     first = _named(name_prefix, blocks[0].module)
     if query != "cls":

@@ -236,6 +236,12 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
         )
         return j
     layout = j.layouts[0]
+    if probe.structure_only:  # no gradient values on the meta device: the graph decides
+        picks = probe.cut_off_by_pick(call, shape[1]) if layout.kind == "tokens" and layout.prefix_tokens else None
+        if picks is not None:
+            j.cut_off = CutOff(layout.grid, picks)
+            j.add("HD201", j.cut_off.message([name]), NO_GRADIENT_FIX)
+        return j
     cells, prefix = call.grad.cell_energy(layout)
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):

@@ -16,6 +16,7 @@ once returns the same tensor, that module is named instead: it needs no routing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -42,6 +43,10 @@ from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
 from hookdoctor.specs.gradcam import CallRouter, Float32Maps, GradCAMSpec, ScoreModel
 
+STRUCTURE_ONLY_REASON = (
+    "chosen on structure alone (structure-only, meta device): the locality probe and the working-map check "
+    "need values and did not run"
+)
 # Recommending a layer stops after this many candidates failed the locality or map check.
 _MAX_TRIES = 12
 
@@ -81,7 +86,10 @@ class GradCAMAnalysis:
         model_input: ModelInput,
         probe: Probe,
         attention_sites: list[str],
+        modules: Mapping[str, nn.Module] | None = None,
     ) -> None:
+        # The modules specs name, by (prefixed) name: the user's own when the pass ran on a meta copy.
+        self.modules = modules
         self.spec_model = without_compile(model)  # what pytorch-grad-cam can differentiate more than once
         self.model_input = model_input
         self.probe = probe
@@ -294,6 +302,10 @@ class GradCAMAnalysis:
         evidence there is remembered in ``self.negative_evidence`` for a warning; a layer
         none of whose layouts lines up gets HD306.
         """
+        if self.probe.structure_only:
+            # The meta device has no values: no locality probe, no map. The layer is chosen on
+            # structure alone, with the layout its shape gives first (the reasons say so).
+            return j.layouts[0] if j.layouts else None
         call = j.first_call
         image = self.probe.input_image
         # A grid reached only through position-keeping operations lines up by construction:
@@ -361,6 +373,8 @@ class GradCAMAnalysis:
                 layout = self._confirm(j)
                 if layout is not None:
                     reasons: tuple[str, ...] = (f"`{name}` was named and works",)
+                    if self.probe.structure_only:
+                        reasons = (f"`{name}` was named and passes every structural check", STRUCTURE_ONLY_REASON)
                     if j.call_index is not None:
                         reasons += (self._routing(j),)
                     spec, notes = self._spec(j, layout, reasons, why="it is the call you named")
@@ -381,11 +395,7 @@ class GradCAMAnalysis:
                 why = self._why_call(choice) if choice.call_index is not None else ""
                 if why:
                     first = f"{self._routing(choice)}: {why}"
-                reasons = (
-                    first,
-                    f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
-                    "receives gradient from the score at every image cell and is not rewritten in place",
-                )
+                reasons = (first, *self._layout_reasons(layout))
                 spec, notes = self._spec(choice, layout, reasons, why)
                 return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
             attempts += 1
@@ -401,6 +411,18 @@ class GradCAMAnalysis:
             )
         )
         return None, found
+
+    def _layout_reasons(self, layout: Layout) -> tuple[str, ...]:
+        if self.probe.structure_only:
+            return (
+                f"laid out as {layout.describe()} over the input, read from its shape alone",
+                "the score's autograd path reaches its image cells and nothing rewrites it in place",
+                STRUCTURE_ONLY_REASON,
+            )
+        return (
+            f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
+            "receives gradient from the score at every image cell and is not rewritten in place",
+        )
 
     @staticmethod
     def _routing(j: Judgement) -> str:
@@ -517,7 +539,7 @@ class GradCAMAnalysis:
         score = self.probe.score
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
-        pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
+        pre_activation = self._module(score.pre_activation) if score.pre_activation else None
         backend_axis = BACKEND_AXIS.get(self.model_input.kind)
         # numpy, which pytorch-grad-cam converts maps and scores to, has no bfloat16.
         float_scores = score.dtype == torch.bfloat16
@@ -558,7 +580,7 @@ class GradCAMAnalysis:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
         elif score.pre_activation_function:
             score_text = f"the input of the final {score.pre_activation_function} call in forward (the logit)"
-        layer = self.probe.records[j.module_name].module
+        layer = self._module(j.module_name)
         if j.call_index is not None:
             score_model = CallRouter(score_model, layer, j.call_index, j.module_name)
             layer = score_model.call_view
@@ -577,6 +599,11 @@ class GradCAMAnalysis:
             input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes
+
+    def _module(self, name: str) -> nn.Module:
+        if self.modules is not None:
+            return self.modules[name]
+        return self.probe.records[name].module
 
     def pitfalls(self, spec: GradCAMSpec | None) -> list[Diagnostic]:
         """The dead layers people usually pick (the last block, the final norm), said up front.

@@ -131,14 +131,14 @@ class _TensorState:
 
     tensor: torch.Tensor
     data: torch.Tensor  # an alias of the storage the object held: ``param.data = ...`` swaps it
-    saved: torch.Tensor
+    saved: torch.Tensor | None  # None for a meta tensor: it holds no values (a structure-only pass)
     requires_grad: bool
     grad: torch.Tensor | None
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> _TensorState:
         with torch.no_grad():
-            saved = tensor.detach().to("cpu", copy=True)
+            saved = None if tensor.is_meta else tensor.detach().to("cpu", copy=True)
         return cls(tensor, tensor.data, saved, tensor.requires_grad, tensor.grad)
 
     def restore(self) -> None:
@@ -149,10 +149,11 @@ class _TensorState:
         ):
             tensor.data = self.data  # the object is bound to its old storage again
         # Always compared: an edit through ``.data`` leaves the version counter as it was.
-        with torch.no_grad():
-            value = self.saved.to(tensor.device)
-            if not torch.equal(tensor.detach(), value):
-                tensor.detach().copy_(value)
+        if self.saved is not None and not tensor.is_meta:
+            with torch.no_grad():
+                value = self.saved.to(tensor.device)
+                if not torch.equal(tensor.detach(), value):
+                    tensor.detach().copy_(value)
         if tensor.requires_grad != self.requires_grad:
             tensor.requires_grad_(self.requires_grad)
         if tensor.grad is not self.grad:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,7 +11,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hookdoctor.errors import InputError
+from hookdoctor.errors import InputError, InsufficientMemoryError
+from hookdoctor.model import memory
 
 # What the explained tensor holds, by its number of dimensions; the positional axes are the
 # ones a map is drawn over (``ModelInput.axes``).
@@ -206,9 +206,12 @@ def _random_input(model: nn.Module, shape: tuple[int, ...]) -> ModelInput:
             "for example (1, 3, 224, 224)."
         )
     device, dtype = _device_and_dtype(model)
-    _refuse_oversized(shape, dtype, device)
-    generator = torch.Generator().manual_seed(0)
-    tensor = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    if device.type == "meta":  # structure only: a shape, no values, no memory
+        tensor = torch.empty(*map(int, shape), device=device, dtype=dtype)
+    else:
+        _refuse_oversized(shape, dtype, device)
+        generator = torch.Generator().manual_seed(0)
+        tensor = torch.randn(*map(int, shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
     kind = input_kind(model, tensor)
     assert kind is not None  # a floating-point tensor of 3 to 5 dimensions
     text = _text_inputs(model)
@@ -351,7 +354,8 @@ ACTIVATION_FACTOR = 16
 def _refuse_oversized(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
     """Refuse an input_shape whose tensor (and the pass around it) cannot fit, before allocating it."""
     needed = math.prod(shape) * dtype.itemsize
-    available = available_memory(device)
+    # The one measure of free memory (model/memory.py), shared with the full-size pass guard.
+    available = memory.available_bytes(device)
     if available is None or needed * ACTIVATION_FACTOR <= available:
         return
     # The same kind of input, smaller: 224 per spatial axis, 16 frames, at most 1024 per audio or signal axis.
@@ -360,31 +364,14 @@ def _refuse_oversized(shape: tuple[int, ...], dtype: torch.dtype, device: torch.
         4: (1, shape[1], 224, 224),
         3: (1, min(shape[1], 1024), min(shape[2], 1024)),
     }[len(shape)]
-    raise InputError(
+    raise InsufficientMemoryError(
         f"input_shape {shape} would need {_size(needed)} for the {dtype} input tensor alone, and one forward "
         f"and backward keeps many activations of that size; {_size(available)} of memory is available on "
         f"{device}. Pass a smaller input_shape such as {smaller} (--input-shape "
-        f"{','.join(str(n) for n in smaller)}): which layers work does not depend on the input's size for most models."
+        f"{','.join(str(n) for n in smaller)}): which layers work does not depend on the input's size for most models. "
+        "Or inspect the structure alone on the meta device, which needs no memory: --structure-only "
+        "(inspect(..., structure_only=True))."
     )
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (None when it cannot be told)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def _size(n_bytes: float) -> str:

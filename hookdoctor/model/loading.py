@@ -16,6 +16,7 @@ the same report on every run. Nothing is downloaded unless ``allow_download`` is
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
@@ -63,9 +64,23 @@ class LoadedModel:
     example_input: Any = None  # what a factory returned beside the model: (model, inputs)
 
 
-def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
-    """Build the model a MODEL string names; raise ModelLoadError / MissingDependencyError if it cannot."""
+def load_model(spec: str, options: LoadOptions | None = None, *, on_meta: bool = False) -> LoadedModel:
+    """Build the model a MODEL string names; raise ModelLoadError / MissingDependencyError if it cannot.
+
+    ``on_meta`` builds it on the meta device (shapes, no weights, no memory): every
+    parameter created while building lands there - torchvision's and timm's factories,
+    transformers' ``from_config`` and a user's factory alike. Trained weights are never
+    loaded then (there is nowhere to put them). A ``.pt`` file is read as it is.
+    """
     options = options or LoadOptions()
+    if not on_meta:
+        return _load(spec, options)
+    with torch.device("meta"):
+        loaded = _load(spec, dataclasses.replace(options, pretrained=False))
+    return loaded
+
+
+def _load(spec: str, options: LoadOptions) -> LoadedModel:
     spec = spec.strip()
     if not spec:
         raise ModelLoadError("MODEL is empty. " + _FORMS_HINT)

@@ -32,6 +32,8 @@ class GradStats:
     @classmethod
     def of(cls, grad: torch.Tensor) -> GradStats:
         grad = grad.detach()
+        if grad.is_meta:  # structure only: that the gradient arrived is all there is to know
+            return cls(energy={}, channel_mean={}, leading_tokens=None, num_tokens=int(grad.shape[1]))
         if grad.dim() == 5:  # video: 3-D convolution outputs
             return cls(
                 energy={"NCTHW": grad.abs().sum((0, 1)).flatten()},
@@ -125,6 +127,7 @@ class AttentionCall:
     probs: torch.Tensor | None  # held during inspect only
     on_path: bool
     row_energy: torch.Tensor | None = None
+    module_calls_before: int = 0  # module calls recorded before this attention ran (CallRecord.order)
 
     @property
     def reached(self) -> bool:
@@ -180,6 +183,38 @@ class Probe:
     input_axes: tuple[int, ...] = ()  # the positional axes of the explained input: (H, W), (T, H, W), (L,)
     channel_axis: int | None = 1  # the input's channel axis (None for a spectrogram [B, T, F])
     input_kind: str = "image"  # image, video, spectrogram or signal
+    structure_only: bool = False  # the pass ran on meta tensors: shapes and graph, no values
+
+    def cut_off_by_pick(self, call: CallRecord, num_tokens: int) -> tuple[str, ...] | None:
+        """Structure's answer to "does gradient reach this token output's patch tokens?" (meta device).
+
+        The score's gradient cannot reach a token sequence's patch tokens when every path
+        from the score to it picks single tokens (``SelectBackward0`` on the token
+        dimension) and no attention mixes tokens after the call: the gradient from a pick
+        lands on the picked token only. Returns the picks then (HD201), else None.
+        """
+        # Any attention after the call mixes tokens (captured on the gradient path or beside it).
+        attention_after = any(seen.module_calls_before > call.order for seen in self.attention)
+        if attention_after or call.grad_fn is None or not self.graph.reaches(call.grad_fn):
+            return None
+        if self.graph.reaches_without_token_picks(call.grad_fn, num_tokens):
+            return None
+        return self.graph.token_picks(num_tokens) or None
+
+    def reads_patch_tokens(self, num_tokens: int) -> bool:
+        """Whether the head reads the patch tokens after the last attention, from structure alone.
+
+        True when some ``[B, num_tokens, C]`` output after the last attention reaches the
+        score by a path that picks no single token (mean pooling, CLS and mean concatenated).
+        """
+        last = max((seen.module_calls_before for seen in self.attention), default=0)
+        after = [
+            call
+            for record in self.records.values()
+            for call in record.calls
+            if call.order >= last and call.shape is not None and len(call.shape) == 3 and call.shape[1] == num_tokens
+        ]
+        return any(self.graph.reaches_without_token_picks(call.grad_fn, num_tokens) for call in after)
 
     @property
     def input_image(self) -> torch.Tensor:

@@ -58,6 +58,9 @@ def _input_gradient(value: torch.Tensor, image: torch.Tensor) -> torch.Tensor | 
 
 
 def _target_indices(logits: torch.Tensor, target: int | None, default: int | None = None) -> torch.Tensor:
+    if target is None and default is None and logits.is_meta:
+        # No values: class 0 stands for the top class (the paths are the same).
+        return torch.zeros((logits.shape[0],), dtype=torch.long, device=logits.device)
     if target is None and default is None:
         return logits.detach().argmax(dim=1)
     chosen = int(default if target is None else target)  # type: ignore[arg-type]
@@ -71,6 +74,8 @@ def _target_indices(logits: torch.Tensor, target: int | None, default: int | Non
 
 def _rng_states(device: torch.device) -> list[torch.Tensor]:
     """The global RNG states a forward on ``device`` can draw from."""
+    if device.type == "meta":  # random ops on meta tensors draw nothing: determinism is not judged there
+        return []
     states = [torch.random.get_rng_state()]
     if device.type == "cuda" and torch.cuda.is_initialized():
         states.append(torch.cuda.get_rng_state(device))
@@ -119,7 +124,7 @@ class _Recorder:
     def on_attention(self, event: AttentionEvent) -> None:
         site = self.namer.site(event) if self.recording else None
         if site is not None:
-            self.attention.append(AttentionCall(site, event.probs, event.on_path))
+            self.attention.append(AttentionCall(site, event.probs, event.on_path, module_calls_before=self.order))
 
 
 def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> list[Any]:
@@ -146,7 +151,10 @@ def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionC
         if seen.on_path and probs is not None and probs.requires_grad:
 
             def rows(grad: torch.Tensor, seen: AttentionCall = seen) -> None:
-                seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
+                if grad.is_meta:  # structure only: no energy, only that the gradient arrived
+                    seen.row_energy = grad.new_empty(grad.shape[2])
+                else:
+                    seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
 
             handles.append(probs.register_hook(rows))
     return handles
@@ -186,7 +194,7 @@ def recorded_pass(
         # counter): the probe and the checks over its graph need both, whatever the caller's mode.
         scope.enter_context(torch.inference_mode(False))
         scope.enter_context(torch.enable_grad())
-        image = model_input.image.detach().clone().requires_grad_(True)
+        image = model_input.image.detach().clone().requires_grad_(True)  # on the model's device (meta too)
         rng_before = _rng_states(image.device)
         scope.enter_context(intercepting(model, recorder.on_attention, on_path=True, module_sink=recorder.on_module))
         activations = FinalActivationInputs()
@@ -228,6 +236,7 @@ def recorded_pass(
             consumed_randomness=consumed_randomness,
             graph=GradGraph(value, list(model.parameters())),
             score_value=value,
+            structure_only=image.is_meta,
         )
         try:
             yield probe
@@ -276,15 +285,20 @@ def _differentiate(
             # F.softmax / torch.sigmoid in forward: the graph shows it, the mode kept its input.
             pre_activation_function = function
             scored = activations.input_of(logits)  # type: ignore[assignment]
-    saturated = (pre_activation or pre_activation_function) is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
-    target_idx = _target_indices(scored, how.target, _default_column(chosen))
+    values = not logits.is_meta  # on the meta device only structure is known (structure_only)
+    saturated = (
+        values and (pre_activation or pre_activation_function) is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
+    )
+    default = _default_column(chosen)
+    target_idx = _target_indices(scored, how.target, default)
     handles = _gradient_hooks(records, attention)
     try:
         value = scored.gather(1, target_idx[:, None]).sum()
         input_grad = _input_gradient(value, image)
-        input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
+        # Without values, a connected input is all that can be known: the gradient is taken as non-zero.
+        input_gradient_zero = input_grad is None or (values and not bool(input_grad.abs().max() > 0))
         zero_head = None
-        if input_gradient_zero:
+        if input_gradient_zero and values:
             head = _zero_initialised_head(records, scored)
             if head is not None and head.first_input is not None:
                 zero_head = head.name
@@ -299,7 +313,8 @@ def _differentiate(
         other_heads=chosen.other_heads,
         output_structure=describe(output),
         dtype=logits.dtype,
-        target=int(target_idx[0]),
+        # On meta the index has no value: it is the target, the task's default column, or 0 (see _target_indices).
+        target=int(target_idx[0]) if values else int(next((i for i in (how.target, default) if i is not None), 0)),
         pre_activation=pre_activation,
         saturated=saturated,
         zero_head=zero_head,
@@ -318,6 +333,8 @@ def _differentiate(
 def _default_column(chosen: TaskScore) -> int | None:
     """The column explained when no target is given: None for the top-scoring one."""
     if isinstance(chosen.head, SegmentationScores):  # the class predicted on the most pixels
+        if chosen.head.mask.is_meta:  # no values: class 0 stands for it (the paths are the same)
+            return 0
         return int(chosen.head.mask.flatten(1).sum(1).argmax())
     if chosen.task in ("embedding", "detection"):  # the one similarity; the top-scoring detection
         return 0

@@ -77,6 +77,8 @@ def render_report(
     else:
         yield header
         yield _verdicts(report)
+    if report.structure_only:
+        yield from _structure_only_section(report, full=full)
     if full:
         findings = list(_findings(report))
         if findings:
@@ -134,7 +136,24 @@ def _header(report: Report, source: str | None) -> Text:
     if report.target is not None:
         what = {"embedding": "similarity column", "detection": "detection"}.get(report.task, "class")
         text.append(f" · explaining {what} {report.target}")
+    if report.structure_only:
+        text.append(" · structure only (meta device)", style="bold yellow")
     return text
+
+
+def _structure_only_section(report: Report, *, full: bool) -> Iterator[RenderableType]:
+    """What a structure-only pass could not check, and what a full run would add (one line)."""
+    yield Text()
+    if full:
+        yield Text("Not run (they need values; structure only, specs unverified):", style="bold yellow")
+        for check in report.not_run:
+            yield Text(f"  - {check}")
+    else:
+        yield Text(
+            f"{len(report.not_run)} checks that need values were not run; the specs are unverified.",
+            style="bold yellow",
+        )
+    yield Text(report.full_run_adds or "", style="dim")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ class AttentionSpec:
     kinds: tuple[str, ...] = ()
     image_hw: tuple[int, int] | None = None
     name_prefix: str = ""
+    verified: bool = True  # False after a structure-only (meta device) pass: nothing was captured
 
     # -- capture -------------------------------------------------------------------------------
     def capturing(self, model: nn.Module, *, eval_mode: bool = True) -> Any:
@@ -259,6 +260,7 @@ class AttentionSpec:
             "heads": list(self.heads),
             "tokens": self.tokens,
             "capture": list(self.kinds),
+            "verified": self.verified,
         }
 
     def code(self, *, own_forward: bool = True) -> str:

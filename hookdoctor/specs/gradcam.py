@@ -262,6 +262,10 @@ class GradCAMSpec:
     call_index: int | None = None
     task: str = "classification"
     input_kind: str = "image"
+    # False when the spec comes from a structure-only (meta device) pass: no map was computed with it
+    verified: bool = True
+    # The example input's shape: ShapleyCAM's double-backward check runs on an input like it.
+    input_shape: tuple[int, ...] | None = None
 
     def as_backend_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input as pytorch-grad-cam takes it: a 3-D input gets a singleton axis, others come back as they are.
@@ -271,8 +275,6 @@ class GradCAMSpec:
         """
         axis = BACKEND_AXIS.get(self.input_kind)
         return x.unsqueeze(axis) if axis is not None and x.dim() == 3 else x
-    # The example input's shape: ShapleyCAM's double-backward check runs on an input like it.
-    input_shape: tuple[int, ...] | None = None
 
     @property
     def module_name(self) -> str:
@@ -355,6 +357,7 @@ class GradCAMSpec:
             "score": self.score,
             "task": self.task,
             "reasons": list(self.reasons),
+            "verified": self.verified,
         }
         if self.call_index is not None:  # only per-call specs: the keys of every other report stay as they were
             found.update(module_name=self.module_name, call_index=self.call_index)
