@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
 from hookdoctor.model.memory import guard_pass
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
+from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
 from hookdoctor.model.unwrap import unwrap
 from hookdoctor.probe.record import Probe
@@ -44,6 +46,9 @@ def inspect(
     methods: str | Iterable[str] = arguments.DEFAULT_METHODS,
     layer: str | Sequence[str] | None = None,
     output: str | int | None = None,
+    explain: str | int | None = None,
+    task: str | None = None,
+    reference: torch.Tensor | None = None,
     structure_only: bool = False,
 ) -> Report:
     """Run ``model`` once with hooks and say which attribution methods would work, and how.
@@ -54,8 +59,11 @@ def inspect(
     depends on Grad-CAM alone. Arguments are checked first (``hookdoctor.arguments``): a
     wrong one raises InputError saying what to pass. ``output`` names
     the score in a model that returns several (a ModelOutput field or dict key, or a tuple
-    index); by default the ``logits`` field, else the first 2-D tensor, is explained. The
-    model comes back untouched: hooks, training flags, requires_grad, .grad, attention
+    index); by default the ``logits`` field, else the first 2-D tensor, is explained.
+    ``explain`` names the entry of a dict (or tuple) example input that the map covers;
+    ``task`` overrides the task read off the output (classification, segmentation,
+    embedding, detection); ``reference`` is the embedding an embedding model's similarity
+    is explained to. The model comes back untouched: hooks, training flags, requires_grad, .grad, attention
     settings and parameters are as they were, also when its forward raises.
 
     ``structure_only=True`` runs the pass on the meta device (no weights, no values): a
@@ -83,7 +91,7 @@ def inspect(
         )
     # The pass runs on `runner`: the model itself, or its weightless copy for a structure-only look.
     runner = meta_copy(inner) if structure_only and not built_on_meta else inner
-    model_input = _normal_tensors(resolve_input(runner, example_input, shape))
+    model_input = _normal_tensors(resolve_input(runner, example_input, shape, explain=explain))
     # Kept before the move to the meta device: report.figure() needs the user's own input back.
     example = ExampleImage.of(model_input, made_here=example_input is None)
     if structure_only:
@@ -118,7 +126,13 @@ def inspect(
     with preserved(model if runner is inner else runner), _outside_inference_mode():
         was_training = inner.training
         runner.eval()
-        with recorded_pass(runner, model_input, target, prefix, output) as probe:  # the one recorded pass
+        try:
+            pass_ = recorded_pass(runner, model_input, target, prefix, output, task=task, reference=reference)
+            probe = pass_.__enter__()  # the one recorded pass
+        except TaskRefusal as refusal:
+            return _refused(model, inner, model_input, wanted, diagnostics, refusal, example, structure_only)
+        with contextlib.ExitStack() as scope:
+            scope.push(pass_)
             _refuse_non_finite_scores(probe)
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
@@ -142,6 +156,7 @@ def inspect(
             summaries = analysis.summaries()
             # the top class, or `target`; a structure-only pass has no top class
             target_index = probe.score.target if not structure_only or target is not None else None
+            task_name = probe.score.task
             all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
             call_counts = {name: len(record.calls) for name, record in probe.records.items()}
             module_names = list(analysis.judgements)
@@ -170,10 +185,47 @@ def inspect(
         model_class=type(model).__name__,
         input_shape=tuple(int(s) for s in model_input.image.shape),
         target=target_index,
+        task=task_name,
         environment=environment(inner),
         layers=summaries,
         layer_verdicts=verdicts,
         _judge=check_layer,
+        structure_only=structure_only,
+        not_run=NOT_RUN_WITHOUT_VALUES if structure_only else (),
+        _model=model,
+        _example=example,
+    )
+
+
+def _refused(
+    model: nn.Module,
+    inner: nn.Module,
+    model_input: ModelInput,
+    wanted: tuple[str, ...],
+    diagnostics: list[Diagnostic],
+    refusal: TaskRefusal,
+    example: ExampleImage,
+    structure_only: bool,
+) -> Report:
+    """The report for an output whose task cannot be explained on this input: the coded reason, no spec."""
+    found = Diagnostic.of(refusal.code, refusal.message, refusal.fix, method=GRADCAM)
+
+    def unjudged(name: str) -> LayerVerdict:
+        return LayerVerdict(name=name, usable=False, diagnostics=[found])
+
+    return Report(
+        methods=wanted,
+        diagnostics=sort_diagnostics(_dedupe([*diagnostics, found])),
+        gradcam=None,
+        rollout=None,
+        model_class=type(model).__name__,
+        input_shape=tuple(int(s) for s in model_input.image.shape),
+        target=None,
+        environment=environment(inner),
+        layers=[],
+        layer_verdicts={},
+        _judge=unjudged,
+        task=refusal.task,
         structure_only=structure_only,
         not_run=NOT_RUN_WITHOUT_VALUES if structure_only else (),
         _model=model,
@@ -205,6 +257,7 @@ def _normal_tensors(model_input: ModelInput) -> ModelInput:
             tuple(normal(a) for a in model_input.args),
             {k: normal(v) for k, v in model_input.kwargs.items()},
             model_input.image_slot,
+            model_input.kind,
         )
 
 

@@ -86,6 +86,10 @@ def parse_target(target: Any) -> int | None:
     return whole_number(target, "target", "target=3 (a class index), or None for the top-scoring class")
 
 
+# The shapes an input_shape may have: one per input kind (see model/inputs.py).
+SHAPES = "(B, C, H, W) for images, (B, C, T, H, W) for video, (B, T, F) or (B, C, L) for audio and signals"
+
+
 def parse_input_shape(input_shape: Any) -> tuple[int, ...] | None:
     """A shape of whole, positive sizes, or None; never truncated or guessed."""
     if input_shape is None:
@@ -93,8 +97,8 @@ def parse_input_shape(input_shape: Any) -> tuple[int, ...] | None:
     example = "input_shape=(1, 3, 224, 224)"
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
         raise InputError(
-            f"input_shape is {_short_repr(input_shape)}, not a shape: pass a tuple of four sizes "
-            f"(B, C, H, W) such as {example}, or an example_input tensor."
+            f"input_shape is {_short_repr(input_shape)}, not a shape: pass a tuple of sizes - {SHAPES} - "
+            f"such as {example}, or an example_input tensor."
         )
     odd = [s for s in input_shape if isinstance(s, bool) or not _is_index(s)]
     if odd:
@@ -103,9 +107,10 @@ def parse_input_shape(input_shape: Any) -> tuple[int, ...] | None:
             f"({_short_repr(odd[0])}); sizes are never rounded. Pass whole numbers, e.g. {example}."
         )
     sizes = tuple(operator.index(s) for s in input_shape)
-    if len(sizes) != 4 or any(s <= 0 for s in sizes):
+    if len(sizes) not in (3, 4, 5) or any(s <= 0 for s in sizes):
         raise InputError(
-            f"input_shape must be four positive sizes (B, C, H, W), got {sizes!r}; for example {example}."
+            f"input_shape must be three, four or five positive sizes - {SHAPES} - got {sizes!r}; "
+            f"for example {example}."
         )
     return sizes
 

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-shape",
         metavar="B,C,H,W",
         type=_parse_shape,
-        help="shape of the random example input (default: inferred from the model)",
+        help="shape of the random example input: B,C,H,W (images), B,C,T,H,W (video), B,T,F or B,C,L "
+        "(audio, signals) (default: inferred from the model)",
     )
     inspect.add_argument(
         "--method",
@@ -213,9 +214,10 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
-    if len(shape) != 4 or any(s <= 0 for s in shape):
+    if len(shape) not in (3, 4, 5) or any(s <= 0 for s in shape):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not four positive sizes B,C,H,W; write it like 1,3,224,224"
+            f"{text!r} is not three, four or five positive sizes: B,C,H,W for images (like 1,3,224,224), "
+            "B,C,T,H,W for video, B,T,F or B,C,L for audio and signals"
         )
     return shape
 
@@ -460,14 +462,16 @@ def _load_and_inspect(
         _check_layer_exists(model, args.layer)
     input_shape = args.input_shape or loaded.input_shape
     picture = _picture(args, model, input_shape)
+    # The inputs a factory returned beside its model, unless --input-shape or a picture asks for another one.
+    example_input = loaded.example_input if args.input_shape is None and picture is None else None
     phase.doing = f"running {type(model).__name__} forward and backward"
     what = "on the meta device" if args.structure_only else "one forward and backward pass"
     with progress(f"Probing {type(model).__name__} ({what})", enabled=shown):
         try:
             report = hookdoctor.inspect(
                 model,
-                picture.image if picture is not None else None,
-                input_shape=input_shape if picture is None else None,
+                picture.image if picture is not None else example_input,
+                input_shape=input_shape if picture is None and example_input is None else None,
                 target=args.target,
                 output=args.output,
                 methods=_method_words(methods),
@@ -578,7 +582,8 @@ def _write_figure(report: Report, picture: _Picture | None, path: str) -> None:
 
 def _preview_map(report: Report, picture: _Picture | None) -> Any:
     """The spec's Grad-CAM map on the example input, for the report's preview; None without a spec."""
-    if report.gradcam is None or report.structure_only:  # a map needs values; the meta device has none
+    # A map needs values (the meta device has none); the preview is an [H, W] picture.
+    if report.gradcam is None or report.structure_only or report.gradcam.input_kind != "image":
         return None
     from hookdoctor.errors import MissingDependencyError
     from hookdoctor.render.maps import spec_map

@@ -32,7 +32,7 @@ class LayerVerdict:
     usable: bool
     diagnostics: list[Diagnostic]
     layout: str | None = None
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
     prefix_tokens: int | None = None
     suggestions: list[str] = field(default_factory=list)
 
@@ -58,7 +58,7 @@ class LayerSummary:
     calls: int
     output: str
     layout: str | None
-    grid: tuple[int, int] | None
+    grid: tuple[int, ...] | None
     usable: bool | None
     codes: tuple[str, ...]
 
@@ -91,6 +91,7 @@ class Report:
     layers: list[LayerSummary]
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
+    task: str = "classification"  # classification, segmentation, embedding or detection (what target indexes)
     structure_only: bool = False  # the pass ran on the meta device: shapes and graph, no values
     not_run: tuple[str, ...] = ()  # the checks that need values, skipped by a structure-only pass
     # For pictures, computed on demand: the model inspected (the specs hold it already) and how to
@@ -144,8 +145,17 @@ class Report:
                 f"{type(inner).__name__} lives on the meta device: it has no weights, so no map can be drawn. "
                 "Build it on a real device and inspect it (structure_only=True is fine) to draw its maps."
             )
-        if x is not None:
-            return self._model, resolve_input(inner, x).image
+        given = resolve_input(inner, x) if x is not None else None
+        kind = given.kind if given is not None else self._example.kind if self._example is not None else "image"
+        if kind != "image":
+            # The figure overlays [H, W] maps on a picture; a video's or a signal's map has other axes.
+            raise InputError(
+                f"The model takes a {kind} input, and pictures are drawn for image inputs only. Compute the map "
+                "with the spec instead: GradCAM(**spec.pytorch_grad_cam_kwargs())(input_tensor="
+                "spec.as_backend_input(x), targets=[ClassifierOutputTarget(report.target)])."
+            )
+        if given is not None:
+            return self._model, given.image
         image = self._example.recall(inner) if self._example is not None else None
         if image is None:
             raise InputError(
@@ -169,6 +179,7 @@ class Report:
                 "class": self.model_class,
                 "input_shape": list(self.input_shape),
                 "target": self.target,
+                "task": self.task,
             },
             "environment": dict(self.environment),
             "diagnostics": [d.to_dict() for d in self.diagnostics],

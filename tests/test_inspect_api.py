@@ -67,9 +67,10 @@ def test_a_plain_module_without_an_input_is_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(example_input=torch.randn(3, 32, 32)), "floating-point \\[B, C, H, W\\]"),
+        (dict(example_input=torch.randn(3, 32, 32)), "without its batch dimension.*unsqueeze\\(0\\)"),
+        (dict(example_input=torch.randn(32, 32)), "floating-point tensor of 3 to 5 dimensions"),
         (dict(example_input=torch.randn(1, 3, 32, 32), input_shape=(1, 3, 32, 32)), "pass one of them"),
-        (dict(input_shape=(1, 3, 32)), "four positive sizes"),
+        (dict(input_shape=(1, 3)), "three, four or five positive sizes"),
         (dict(example_input=torch.randn(1, 3, 32, 32), methods=("gradcam", "lime")), "Unknown method"),
         (dict(example_input=torch.randn(1, 3, 32, 32), target=99), "out of range"),
     ],

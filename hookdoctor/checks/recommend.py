@@ -36,7 +36,7 @@ from hookdoctor.checks.layers import (
 from hookdoctor.errors import ModelRunError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform, prefix_token_hint
 from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
-from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.tree import module_kind
 from hookdoctor.model.unwrap import without_compile
 from hookdoctor.probe.run import Probe
@@ -170,6 +170,21 @@ class GradCAMAnalysis:
                     method=GRADCAM,
                 )
             )
+        found += self._task_diagnostics()
+        if score.pre_activation_function:
+            found.append(
+                Diagnostic.of(
+                    "HD004",
+                    f"The model's forward ends in a {score.pre_activation_function} call "
+                    f"(F.{score.pre_activation_function} / torch.{score.pre_activation_function}, seen in the "
+                    "autograd graph)"
+                    f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
+                    f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
+                    "The spec's .model returns the input of that call; explain logits, not probabilities.",
+                    method=GRADCAM,
+                    severity="warning" if score.saturated else "info",
+                )
+            )
         if score.pre_activation:
             found.append(
                 Diagnostic.of(
@@ -183,6 +198,54 @@ class GradCAMAnalysis:
                     severity="warning" if score.saturated else "info",
                 )
             )
+        return found
+
+    def _task_diagnostics(self) -> list[Diagnostic]:
+        """Which task and score were chosen, and why (classification says nothing unless it is image-text)."""
+        score = self.probe.score
+        kind = self.model_input.kind
+        found: list[Diagnostic] = []
+        if kind in BACKEND_AXIS:
+            shape = "[B, T, F]" if kind == "spectrogram" else "[B, C, L]"
+            view = "[B, 1, T, F]" if kind == "spectrogram" else "[B, C, 1, L]"
+            found.append(
+                Diagnostic.of(
+                    "HD015",
+                    f"The explained input is a 3-D {kind} {shape}; pytorch-grad-cam 1.5.7 takes only 4-D and 5-D "
+                    "inputs and fails on it.",
+                    f"Pass spec.as_backend_input(x) (the {view} view) to pytorch-grad-cam; spec.model accepts it. "
+                    "Captum takes x itself.",
+                    method=GRADCAM,
+                )
+            )
+        code = {"segmentation": "HD010", "embedding": "HD011", "detection": "HD012"}.get(score.task)
+        if score.selector.key == "logits_per_image":
+            code = "HD014"
+        if code is None:
+            return found
+        severity = "warning" if score.task == "embedding" and not score.reference_given else None
+        fix = {
+            "HD010": "Use spec.model and ClassifierOutputTarget(k) (or Captum's target=k) for class k; the masks are "
+            "those of the example input, so inspect again for another image.",
+            "HD011": "Pass reference= (the embedding of your concept or reference input) so that the map explains "
+            "similarity to it; report.target is 0, the only column."
+            if not score.reference_given
+            else "Use spec.model and target 0: the map explains the similarity to your reference.",
+            "HD012": "Use spec.model and ClassifierOutputTarget(k) for example detection k (report.target is the "
+            "top-scoring one); the detections are those of the example input, so inspect again for another image.",
+            "HD014": "Use spec.model and ClassifierOutputTarget(k) for text k; pass the texts you want as input_ids "
+            "in the example input (explain= names the image entry).",
+        }[code]
+        found.append(
+            Diagnostic.of(
+                code,
+                f"Task: {score.task}, because {score.why}; the explained score (spec.model(x)[:, k]) is "
+                f"{score.score_text}.",
+                fix,
+                method=GRADCAM,
+                severity=severity,
+            )
+        )
         return found
 
     # -- layer names ----------------------------------------------------------------------
@@ -252,7 +315,8 @@ class GradCAMAnalysis:
             (
                 lay
                 for lay in j.layouts
-                if (by_construction and lay.kind == "NCHW") or self._lines_up(call.output_tensor, lay)
+                if (by_construction and lay.kind in ("NCHW", "NCTHW", "NCL") and not lay.transposed)
+                or self._lines_up(call.output_tensor, lay)
             ),
             None,
         )
@@ -283,7 +347,7 @@ class GradCAMAnalysis:
         invalidates that graph, and a backward that fails only when repeated fails here.
         """
         try:
-            return lines_up(output, self.probe.input_image, layout, strict=strict)
+            return lines_up(output, self.probe.input_image, layout, strict=strict, channel_axis=self.probe.channel_axis)
         except Exception as exc:
             if "modified by an inplace operation" in str(exc):
                 raise ModelRunError(
@@ -476,15 +540,30 @@ class GradCAMAnalysis:
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
         pre_activation = self._module(score.pre_activation) if score.pre_activation else None
+        backend_axis = BACKEND_AXIS.get(self.model_input.kind)
         # numpy, which pytorch-grad-cam converts maps and scores to, has no bfloat16.
         float_scores = score.dtype == torch.bfloat16
-        plain = score.selector.how == "tensor" and pre_activation is None and not float_scores
+        plain = (
+            score.selector.how == "tensor"
+            and pre_activation is None
+            and score.pre_activation_function is None
+            and score.head is None
+            and backend_axis is None
+            and not float_scores
+        )
         if plain and grad_note is None and not extra_args:
             score_model: nn.Module = self.spec_model
         else:
             template = self.model_input if extra_args else None
             score_model = ScoreModel(
-                self.spec_model, score.selector, pre_activation=pre_activation, call_template=template,
+                self.spec_model,
+                score.selector,
+                pre_activation=pre_activation,
+                call_template=template,
+                head=score.head,
+                pre_activation_function=score.pre_activation_function,
+                backend_axis=backend_axis,
+                input_dims=self.model_input.image.dim(),
                 float_scores=float_scores,
             )
         transform: ReshapeTransform | Float32Maps | None = layout.transform()
@@ -496,9 +575,11 @@ class GradCAMAnalysis:
             + self._coarse_notes(j.name)
             + self._call_note(j, why)
         )
-        score_text = score.selector.expression("model(x)")
+        score_text = score.score_text or score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
+        elif score.pre_activation_function:
+            score_text = f"the input of the final {score.pre_activation_function} call in forward (the logit)"
         layer = self._module(j.module_name)
         if j.call_index is not None:
             score_model = CallRouter(score_model, layer, j.call_index, j.module_name)
@@ -513,6 +594,8 @@ class GradCAMAnalysis:
             reasons=reasons,
             score=score_text,
             call_index=j.call_index,
+            task=score.task,
+            input_kind=self.model_input.kind,
             input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes

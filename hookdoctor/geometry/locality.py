@@ -22,47 +22,68 @@ import torch.nn.functional as F
 from hookdoctor.geometry.layout import Layout
 
 
-def probe_cells(grid: tuple[int, int]) -> list[tuple[int, int]]:
+def probe_cells(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The top-right and bottom-left cells (one cell in where the grid allows).
 
     Two cells on the anti-diagonal tell every wrong layout the test is for: a mirror in
     either axis, a transposition and a 180-degree turn each send one of them to another
     corner, and a wrong prefix count or grid width shifts both. Each cell costs one
-    backward pass, so two is what the test pays.
+    backward pass, so two is what the test pays. On a video grid (T, H, W) the two cells
+    are also at opposite ends in time; on a signal (L,) they are its two ends.
     """
-    h, w = grid
-    top, left = (1 if h > 3 else 0), (1 if w > 3 else 0)
-    return sorted({(top, w - 1 - left), (h - 1 - top, left)})
+    margins = [1 if g > 3 else 0 for g in grid]
+    low = list(margins)
+    high = [g - 1 - m for g, m in zip(grid, margins, strict=True)]
+    first = (*low[:-1], high[-1])
+    second = (*high[:-1], low[-1])
+    return sorted({first, second})
 
 
-def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout, *, strict: bool = True) -> bool:
+_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+def lines_up(
+    output: torch.Tensor,
+    image: torch.Tensor,
+    layout: Layout,
+    *,
+    strict: bool = True,
+    channel_axis: int | None = 1,
+) -> bool:
     """True when every probe cell's input gradient peaks at that cell (see the module doc).
 
     ``output`` must still be attached to the graph that produced it from ``image``
-    (the probe keeps that graph).
+    (the probe keeps that graph). ``channel_axis`` is the input's channel axis, None for a
+    spectrogram ``[B, T, F]``, whose every axis but the batch is positional.
     """
     transform = layout.transform()
-    fmap = transform(output) if transform is not None else output
-    h, w = layout.grid
-    if tuple(fmap.shape[-2:]) != (h, w):
+    fmap = transform(output) if transform is not None and layout.kind != "NCL" else output
+    grid = tuple(layout.grid)
+    if tuple(fmap.shape[2:]) != grid:
         return False
     tolerance = 0 if layout.kind == "tokens" else 1
     mix = torch.randn(fmap.shape[1], generator=torch.Generator().manual_seed(1)).to(fmap)
-    cells = probe_cells((h, w))
+    cells = probe_cells(grid)
     energies = []
-    for i, j in cells:
+    for cell in cells:
+        index: tuple[int | slice, ...] = (0, slice(None), *cell)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad((fmap[0, :, i, j] * mix).sum(), image, retain_graph=True, allow_unused=True)
+            (grad,) = torch.autograd.grad((fmap[index] * mix).sum(), image, retain_graph=True, allow_unused=True)
         if grad is None:
             return False
-        energy = F.adaptive_avg_pool2d(grad[:1].abs().sum(1, keepdim=True), (h, w))[0, 0]
+        magnitude = grad[:1].abs()
+        magnitude = magnitude.sum(channel_axis, keepdim=True) if channel_axis is not None else magnitude[:, None]
+        energy = _POOL[len(grid)](magnitude, grid)[0, 0]  # type: ignore[arg-type]
         if not bool(energy.max() > 0):
             return False
         energies.append(energy)
-    peaks = [divmod(int(energy.argmax()), w) for energy in energies]
-    if all(abs(r - i) <= tolerance and abs(c - j) <= tolerance for (i, j), (r, c) in zip(cells, peaks, strict=True)):
+    peaks = [tuple(int(i) for i in torch.unravel_index(energy.argmax(), grid)) for energy in energies]
+    if all(
+        all(abs(p - c) <= tolerance for p, c in zip(peak, cell, strict=True))
+        for cell, peak in zip(cells, peaks, strict=True)
+    ):
         return True
-    return not strict and _keeps_order(cells, [_centre_of_mass(e) for e in energies])
+    return not strict and len(grid) == 2 and _keeps_order(cells, [_centre_of_mass(e) for e in energies])
 
 
 def _centre_of_mass(energy: torch.Tensor) -> tuple[float, float]:
@@ -73,7 +94,7 @@ def _centre_of_mass(energy: torch.Tensor) -> tuple[float, float]:
     return float(rows), float(cols)
 
 
-def _keeps_order(cells: list[tuple[int, int]], centres: list[tuple[float, float]]) -> bool:
+def _keeps_order(cells: list[tuple[int, ...]], centres: list[tuple[float, float]]) -> bool:
     """Cells further down (right) must have their input centre of mass further down (right)."""
     for (i1, j1), (r1, c1) in zip(cells, centres, strict=True):
         for (i2, j2), (r2, c2) in zip(cells, centres, strict=True):
@@ -83,10 +104,11 @@ def _keeps_order(cells: list[tuple[int, int]], centres: list[tuple[float, float]
 
 
 def gradcam_map(activation: torch.Tensor, weights: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, H, W]``, from the activation and channel weights ``[B, C]``."""
+    """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, *grid]``, from the activation and channel weights ``[B, C]``."""
     transform = layout.transform()
-    acts = transform(activation) if transform is not None else activation
-    return torch.relu((weights[:, :, None, None] * acts.detach()).sum(dim=1))
+    acts = transform(activation) if transform is not None and layout.kind != "NCL" else activation
+    weights = weights.reshape(*weights.shape, *([1] * (acts.dim() - 2)))
+    return torch.relu((weights * acts.detach()).sum(dim=1))
 
 
 def is_working_map(cam: torch.Tensor) -> bool:

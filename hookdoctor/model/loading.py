@@ -61,6 +61,7 @@ class LoadedModel:
     source: str
     kind: str
     input_shape: tuple[int, ...] | None = None
+    example_input: Any = None  # what a factory returned beside the model: (model, inputs)
 
 
 def load_model(spec: str, options: LoadOptions | None = None, *, on_meta: bool = False) -> LoadedModel:
@@ -550,14 +551,20 @@ def _call_factory(module: Any, factory: str, source: str) -> LoadedModel:
             f"{source}: calling {factory}() raised {_describe(exc)}. Fix the factory so that it builds the "
             "model with no arguments (rerun with --debug for the traceback)."
         ) from exc
+    example_input = None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], nn.Module):
+        # A multi-input model (CLIP: pixel_values and input_ids): the factory returns (model, inputs).
+        value, example_input = value
     model = _check_module(value, f"{source}")
     stated = getattr(function, "input_shape", None) or getattr(module, INPUT_SHAPE_ATTRIBUTE, None)
-    return LoadedModel(model.eval(), source, "factory", _stated_input_shape(stated, source, factory))
+    return LoadedModel(
+        model.eval(), source, "factory", _stated_input_shape(stated, source, factory), example_input
+    )
 
 
 def _stated_input_shape(stated: Any, source: str, factory: str) -> tuple[int, ...] | None:
     """The input shape a factory states, checked like inspect's own input_shape."""
-    from hookdoctor.arguments import parse_input_shape
+    from hookdoctor.arguments import SHAPES, parse_input_shape
     from hookdoctor.errors import InputError
 
     if stated is None:
@@ -567,7 +574,8 @@ def _stated_input_shape(stated: Any, source: str, factory: str) -> tuple[int, ..
     except InputError:
         raise ModelLoadError(
             f"{source} states its input shape as {shorten(repr(stated), 80)} ({factory}.input_shape or "
-            f"{INPUT_SHAPE_ATTRIBUTE} in its module), which is not four positive whole sizes (B, C, H, W). "
+            f"{INPUT_SHAPE_ATTRIBUTE} in its module), which is not three, four or five positive whole sizes "
+            f"({SHAPES}). "
             f"Write e.g. {factory}.input_shape = (1, 3, 224, 224), or remove it and pass --input-shape."
         ) from None
 

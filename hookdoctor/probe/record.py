@@ -34,15 +34,23 @@ class GradStats:
         grad = grad.detach()
         if grad.is_meta:  # structure only: that the gradient arrived is all there is to know
             return cls(energy={}, channel_mean={}, leading_tokens=None, num_tokens=int(grad.shape[1]))
+        if grad.dim() == 5:  # video: 3-D convolution outputs
+            return cls(
+                energy={"NCTHW": grad.abs().sum((0, 1)).flatten()},
+                channel_mean={"NCTHW": grad.mean((2, 3, 4))},
+                leading_tokens=None,
+            )
         if grad.dim() == 4:
             return cls(
                 energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},
                 channel_mean={"NCHW": grad.mean((2, 3)), "NHWC": grad.mean((1, 2))},
                 leading_tokens=None,
             )
+        # A 3-D output is a token sequence [B, T, C] or a 1-D convolution's [B, C, L].
         return cls(
-            energy={"tokens": grad.abs().sum((0, 2))},
-            channel_mean={"tokens": grad.sum(1)},  # a sum here: the prefix is taken out per layout
+            energy={"tokens": grad.abs().sum((0, 2)), "NCL": grad.abs().sum((0, 1))},
+            # tokens: a sum; the prefix is taken out per layout
+            channel_mean={"tokens": grad.sum(1), "NCL": grad.mean(2)},
             leading_tokens=grad[:, :MAX_PREFIX_TOKENS].clone(),
             num_tokens=int(grad.shape[1]),
         )
@@ -126,6 +134,17 @@ class AttentionCall:
         return self.row_energy is not None
 
 
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What the caller asked to explain: the input's axes, and target / output / task / reference."""
+
+    axes: tuple[int, ...]
+    target: int | None
+    output_key: str | int | None
+    task: str | None
+    reference: torch.Tensor | None
+
+
 @dataclass
 class Score:
     """What the probe differentiated, and what the spec's model wrapper must return."""
@@ -139,6 +158,13 @@ class Score:
     saturated: bool
     zero_head: str | None  # name of a zero-initialised head (surrogate score used)
     has_gradient: bool  # False when the model computes its score with gradients disabled or detaches it
+    task: str = "classification"
+    head: nn.Module | None = None  # makes the selected output a [B, N] score (segmentation, embedding, detection)
+    why: str = ""  # why this task and score
+    score_text: str = ""  # what column k of the score is
+    reference_given: bool = True  # embedding: False when a seeded random direction stands in
+    columns: int = 0  # N
+    pre_activation_function: str | None = None  # "softmax" / "sigmoid" called as a function at the end of forward
 
 
 @dataclass
@@ -154,6 +180,9 @@ class Probe:
     consumed_randomness: bool  # the eval-mode forward drew from the global RNG (HD006)
     graph: GradGraph  # the autograd graph below the score, by node id (holds no tensor)
     score_value: torch.Tensor | None = None  # the differentiated scalar (held during inspect only)
+    input_axes: tuple[int, ...] = ()  # the positional axes of the explained input: (H, W), (T, H, W), (L,)
+    channel_axis: int | None = 1  # the input's channel axis (None for a spectrogram [B, T, F])
+    input_kind: str = "image"  # image, video, spectrogram or signal
     structure_only: bool = False  # the pass ran on meta tensors: shapes and graph, no values
 
     def cut_off_by_pick(self, call: CallRecord, num_tokens: int) -> tuple[str, ...] | None:

@@ -131,8 +131,11 @@ def _header(report: Report, source: str | None) -> Text:
     if source:
         text.append(f" ({source})")
     text.append(f" · input {'×'.join(str(s) for s in report.input_shape)}")
+    if report.task != "classification":
+        text.append(f" · task {report.task}")
     if report.target is not None:
-        text.append(f" · explaining class {report.target}")
+        what = {"embedding": "similarity column", "detection": "detection"}.get(report.task, "class")
+        text.append(f" · explaining {what} {report.target}")
     if report.structure_only:
         text.append(" · structure only (meta device)", style="bold yellow")
     return text
@@ -270,7 +273,7 @@ def _spec_summary(spec: Any) -> Text:
 def _layout_words(kind: str | None, grid: Sequence[int] | None, prefix: int | None) -> str:
     parts = [kind] if kind else []
     if grid:
-        parts.append(f"{grid[0]}×{grid[1]} grid")
+        parts.append(f"{'×'.join(str(g) for g in grid)} grid")
     if prefix:
         parts.append(f"{prefix} prefix token{'s' if prefix != 1 else ''}")
     return ", ".join(parts)

@@ -17,7 +17,8 @@ from torch import nn
 
 from hookdoctor.errors import InputError, MissingDependencyError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform
-from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.activation import FinalActivationInputs
+from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.outputs import OutputSelector
 
 
@@ -64,14 +65,18 @@ class Float32Maps:
 
 
 class ScoreModel(nn.Module):
-    """A thin wrapper whose forward returns the ``[B, classes]`` score tensor.
+    """A thin wrapper whose forward returns the ``[B, N]`` score tensor.
 
-    It selects the score from a ModelOutput, tuple or dict; explains the input of a final
-    Softmax/Sigmoid module (the logit) rather than a saturated probability; passes the
-    other arguments the model needs; and runs with grad enabled and an input that requires
-    grad, so frozen models and ``no_grad`` / ``inference_mode`` callers still produce
-    layer gradients. Called with grad off, it returns a ``GradEnabledScore``, so that a
-    library computing the target outside this forward still gets a score with a graph.
+    It selects the score from a ModelOutput, tuple or dict; turns a segmentation map, an
+    embedding or a detector's detections into ``[B, N]`` scores (``head``, see
+    ``hookdoctor.model.tasks``); explains the input of a final Softmax/Sigmoid (a module,
+    or ``F.softmax`` / ``torch.sigmoid`` called in forward) rather than a saturated
+    probability; passes the other arguments the model needs; takes the 4-D view of a 3-D
+    input that pytorch-grad-cam needs (``backend_axis``, the singleton axis to drop); and
+    runs with grad enabled and an input that requires grad, so frozen models and
+    ``no_grad`` / ``inference_mode`` callers still produce layer gradients. Called with
+    grad off, it returns a ``GradEnabledScore``, so that a library computing the target
+    outside this forward still gets a score with a graph.
     """
 
     pre_activation: nn.Module | None
@@ -83,17 +88,27 @@ class ScoreModel(nn.Module):
         *,
         pre_activation: nn.Module | None = None,
         call_template: ModelInput | None = None,
+        head: nn.Module | None = None,
+        pre_activation_function: str | None = None,
+        backend_axis: int | None = None,
+        input_dims: int = 4,
         float_scores: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.selector = selector
         self.call_template = call_template
+        self.head = head
+        self.pre_activation_function = pre_activation_function
+        self.backend_axis = backend_axis
+        self.input_dims = input_dims
         self.float_scores = float_scores  # a bfloat16 score, cast for numpy (see Float32Maps)
         # Kept out of _modules: it is part of self.model already.
         self.__dict__["pre_activation"] = pre_activation
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.backend_axis is not None and image.dim() == self.input_dims + 1:
+            image = image.squeeze(self.backend_axis)  # the view as_backend_input made for pytorch-grad-cam
         caller_grad = torch.is_grad_enabled()
         with torch.inference_mode(False), torch.enable_grad():
             score = self._score(image)
@@ -109,19 +124,38 @@ class ScoreModel(nn.Module):
         if not image.requires_grad:
             image = image.detach().requires_grad_(True)
         call = template.for_batch(int(image.shape[0])).with_image(image)
-        if self.pre_activation is None:
-            return self.selector(call.call(self.model))
+        if self.pre_activation is not None:
+            return self._module_logits(call)
+        if self.pre_activation_function is not None:
+            return self._function_logits(call)
+        output = self.selector(call.call(self.model))
+        return output if self.head is None else self.head(output)
+
+    def _module_logits(self, call: ModelInput) -> torch.Tensor:
         captured: dict[str, torch.Tensor] = {}
 
         def keep_input(module: nn.Module, inputs: tuple[Any, ...]) -> None:
             captured["logits"] = inputs[0]
 
+        assert self.pre_activation is not None
         handle = self.pre_activation.register_forward_pre_hook(keep_input)
         try:
             call.call(self.model)
         finally:
             handle.remove()
         return captured["logits"]
+
+    def _function_logits(self, call: ModelInput) -> torch.Tensor:
+        activations = FinalActivationInputs()
+        with activations:
+            probabilities = self.selector(call.call(self.model))
+        logits = activations.input_of(probabilities)
+        if logits is None:
+            raise InputError(
+                f"The model's forward returned no {self.pre_activation_function} output this time (it did on the "
+                "example input), so its logits cannot be taken; inspect the model with this input."
+            )
+        return logits
 
 
 class _GridView(nn.Identity):
@@ -221,15 +255,26 @@ class GradCAMSpec:
     layer: nn.Module
     reshape_transform: ReshapeTransform | Float32Maps | None
     model: nn.Module
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     layout: Layout
     reasons: tuple[str, ...] = field(default_factory=tuple)
     score: str = "logits"
     call_index: int | None = None
+    task: str = "classification"
+    input_kind: str = "image"
     # False when the spec comes from a structure-only (meta device) pass: no map was computed with it
     verified: bool = True
     # The example input's shape: ShapleyCAM's double-backward check runs on an input like it.
     input_shape: tuple[int, ...] | None = None
+
+    def as_backend_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as pytorch-grad-cam takes it: a 3-D input gets a singleton axis, others come back as they are.
+
+        pytorch-grad-cam 1.5.7 sizes its map from a 4-D or 5-D input only; ``spec.model``
+        accepts this view and drops the axis again before calling the model.
+        """
+        axis = BACKEND_AXIS.get(self.input_kind)
+        return x.unsqueeze(axis) if axis is not None and x.dim() == 3 else x
 
     @property
     def module_name(self) -> str:
@@ -250,7 +295,7 @@ class GradCAMSpec:
         return method_kwargs(self, method)
 
     def captum(self) -> Any:
-        """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, H, W]``."""
+        """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, *grid]``."""
         try:
             from captum.attr import LayerGradCam
         except ImportError as exc:
@@ -259,7 +304,7 @@ class GradCAMSpec:
                 "`pip install 'hookdoctor[captum]'` (or `pip install captum`)."
             ) from exc
         transform = self.layout.transform()  # Captum computes in any dtype: the geometry alone
-        if transform is None:
+        if transform is None or self.layout.kind == "NCL":  # Captum reads [B, C, L] itself
             return LayerGradCam(self.model, self.layer)
         adapter = CaptumAdapter(self.model, self.layer, transform)
         return LayerGradCam(adapter, adapter.grid_view)
@@ -288,7 +333,7 @@ class GradCAMSpec:
                 "`pip install 'hookdoctor[torchcam]'` (or `pip install torchcam`)."
             ) from exc
         transform = self.layout.transform()  # torchcam computes in any dtype: the geometry alone
-        if transform is None:
+        if transform is None or self.layout.kind == "NCL":  # torchcam, too, reads [B, C, L] itself
             return TorchcamGradCAM(self.model, target_layer=self.layer)
         adapter = CaptumAdapter(self.model, self.layer, transform)
         return TorchcamGradCAM(adapter, target_layer="grid_view")
@@ -310,6 +355,7 @@ class GradCAMSpec:
             "reshape_transform": repr(self.reshape_transform) if self.reshape_transform is not None else None,
             "model_wrapper": type(self.model).__name__ if isinstance(self.model, (ScoreModel, CallRouter)) else None,
             "score": self.score,
+            "task": self.task,
             "reasons": list(self.reasons),
             "verified": self.verified,
         }

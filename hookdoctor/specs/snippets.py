@@ -15,6 +15,8 @@ BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
     """The reshape_transform as code; ``float32`` adds the cast numpy needs for bfloat16 layers."""
     layout = spec.layout
+    if len(layout.grid) != 2:
+        return []  # video (NCTHW) needs none; signals go through _spec_snippet
     h, w = layout.grid
     cast = ".float()" if float32 else ""
     cast_note = ["    # .float(): pytorch-grad-cam makes numpy arrays of the maps, and numpy has no bfloat16"]
@@ -178,6 +180,61 @@ def _call_router(spec: GradCAMSpec) -> list[str]:
     ]
 
 
+def _needs_the_spec(spec: GradCAMSpec) -> str | None:
+    """Why the snippet uses hookdoctor's spec objects rather than plain code, or None.
+
+    A task's score keeps what it read off the example input (class masks, detections, the
+    reference embedding) and a functional final activation needs its input intercepted;
+    plain code would have to repeat all of it. Swapped and 1-D layouts are the spec's too.
+    """
+    score_model = _score_model(spec)
+    if spec.task != "classification":
+        return f"The {spec.task} score keeps what it read off the example input; spec.model holds it."
+    if getattr(score_model, "pre_activation_function", None):
+        return "spec.model returns the input of the final softmax/sigmoid call (the logit)."
+    if spec.input_kind in ("spectrogram", "signal") or spec.layout.transposed:
+        return f"spec.model and spec.reshape_transform handle the {spec.input_kind} input's axes."
+    return None
+
+
+def _spec_snippet(spec: GradCAMSpec, backend: str, why: str, method: str) -> str:
+    given = "example_input" if _has_inputs(spec) or spec.task != "classification" else "x"
+    grid = ", ".join(str(g) for g in spec.grid)
+    named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+    lines = ["import hookdoctor"]
+    if backend == "pytorch-grad-cam":
+        lines += [
+            "import torch",
+            f"from pytorch_grad_cam import {method}",
+            "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
+        ]
+    lines += [
+        "",
+        f"# {why}",
+        f"report = hookdoctor.inspect(model, {given}, methods=('gradcam',){named})",
+        "spec = report.gradcam",
+    ]
+    if backend == "pytorch-grad-cam":
+        shown = "spec.as_backend_input(x)" if spec.input_kind in ("spectrogram", "signal") else "x"
+        kwargs = "" if method == "GradCAM" else repr(method)
+        lines += [
+            f"cam = {method}(**spec.pytorch_grad_cam_kwargs({kwargs}))",
+            "with torch.enable_grad():  # it backpropagates from the score outside the model: also under no_grad",
+            f"    heatmap = cam(input_tensor={shown}, targets=[ClassifierOutputTarget(report.target)])"
+            "  # in [0, 1], the input's size",
+        ]
+    elif backend == "torchcam":
+        lines += [
+            "cam = spec.torchcam()",
+            "scores = cam.model(x)  # the forward torchcam's hooks watch",
+            f"heatmap = cam(class_idx=report.target, scores=scores)[0]  # [B, {grid}], in [0, 1]",
+            "cam.remove_hooks()",
+        ]
+    else:
+        lines += [f"attribution = spec.captum().attribute(x, target=report.target)  # [B, 1, {grid}]"]
+    return "\n".join(lines) + "\n"
+
+
 def _method_lines(
     spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str], layer_lines: list[str], layer: str
 ) -> tuple[list[str], list[str], list[str]]:
@@ -245,6 +302,9 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
         )
     # The same checks as the kwargs: a method that cannot work raises its coded error here too.
     spec.pytorch_grad_cam_kwargs(method)
+    why = _needs_the_spec(spec)
+    if why is not None:
+        return _spec_snippet(spec, backend, why, method)
     from hookdoctor.specs.gradcam import Float32Maps
 
     wrapper, model_expr = _score_wrapper(spec)
@@ -292,7 +352,7 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
             "import hookdoctor",
             "",
             f"# Captum reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
-            f"# [B, C, {spec.grid[0]}, {spec.grid[1]}] view so that LayerGradCam sees a grid.",
+            f"# [B, C, {', '.join(str(g) for g in spec.grid)}] view so that LayerGradCam sees a grid.",
             f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
             "gradcam = spec.captum()",
         ]
@@ -305,8 +365,9 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
         ]
     lines += [
         f"attribution = gradcam.attribute(x, target=class_index, relu_attributions=True)"
-        f"  # [B, 1, {spec.grid[0]}, {spec.grid[1]}]",
-        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode='bilinear')",
+        f"  # [B, 1, {', '.join(str(g) for g in spec.grid)}]",
+        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[2:]), "
+        f"interpolate_mode={'trilinear' if len(spec.grid) == 3 else 'bilinear'!r})",
     ]
     return "\n".join(lines) + "\n"
 
@@ -320,7 +381,7 @@ def _torchcam_lines(
     layer_expr: str,
 ) -> list[str]:
     """torchcam's GradCAM: plain code for a [B, C, H, W] layer, the spec's own view otherwise."""
-    h, w = spec.grid
+    grid = ", ".join(str(g) for g in spec.grid)  # (H, W), or (T, H, W) for video
     lines = ["from torchcam.methods import GradCAM", ""]
     if spec.reshape_transform is not None:
         # torchcam, like Captum, reads dim 1 as channels; only the spec's adapter can show it the grid.
@@ -330,7 +391,7 @@ def _torchcam_lines(
             "import hookdoctor",
             "",
             f"# torchcam reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
-            f"# [B, C, {h}, {w}] view and hands torchcam that view and the model that runs it.",
+            f"# [B, C, {grid}] view and hands torchcam that view and the model that runs it.",
             f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
             "cam = spec.torchcam()",
         ]
@@ -343,7 +404,7 @@ def _torchcam_lines(
         ]
     lines += [
         "scores = cam.model(x)  # the forward torchcam's hooks watch",
-        f"heatmap = cam(class_idx=class_index, scores=scores)[0]  # [B, {h}, {w}], in [0, 1]",
+        f"heatmap = cam(class_idx=class_index, scores=scores)[0]  # [B, {grid}], in [0, 1]",
         "cam.remove_hooks()",
     ]
     return lines
