@@ -12,6 +12,19 @@ if TYPE_CHECKING:
     from hookdoctor.report import Report
 
 
+# Messages quote exceptions from user code; some are enormous (a dumped tensor, a long log).
+MAX_QUOTED_CHARS = 2000
+
+
+def shorten(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters: its head and tail, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2, 1)
+    cut = len(text) - 2 * keep
+    return f"{text[:keep]} [... {cut:,} characters cut ...] {text[-keep:]}"
+
+
 class HookdoctorError(Exception):
     """Base class of every error hookdoctor raises on purpose."""
 
@@ -28,8 +41,20 @@ class ModelRunError(HookdoctorError):
     """The model raised while hookdoctor ran it once forward and backward."""
 
 
+class InsufficientMemoryError(InputError):
+    """A full-size pass would not fit in the memory available; the message gives the figure and the way out."""
+
+
 class MissingDependencyError(HookdoctorError, ImportError):
     """An optional package is needed; the message holds the exact ``pip install`` line."""
+
+
+class MethodUnsupportedError(HookdoctorError):
+    """A method of an attribution library cannot work on this model; ``.code`` says why (``explain``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UnknownCodeError(HookdoctorError, KeyError):

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from hookdoctor.arguments import DEFAULT_METHODS
 from hookdoctor.errors import HookCompatibilityError
 from hookdoctor.report import Diagnostic, Report
 
@@ -21,7 +22,7 @@ def preflight(
     model: nn.Module,
     example_input: Any = None,
     *,
-    methods: str | Iterable[str] = ("gradcam", "rollout"),
+    methods: str | Iterable[str] = DEFAULT_METHODS,
     strict: bool = False,
     **inspect_kwargs: Any,
 ) -> Report:

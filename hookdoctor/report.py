@@ -1,4 +1,4 @@
-"""The result types of ``inspect``: Diagnostic, LayerVerdict and Report.
+"""The result types of ``inspect``: LayerVerdict and Report (Diagnostic lives with the codes).
 
 They know nothing of rich or of the command line; ``Report.__rich_console__`` imports the
 renderer lazily so that ``import hookdoctor`` stays light.
@@ -6,63 +6,22 @@ renderer lazily so that ``import hookdoctor`` stays light.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hookdoctor import codes
+from hookdoctor.codes import Diagnostic, sort_diagnostics
+
+__all__ = ["Diagnostic", "LayerSummary", "LayerVerdict", "Report", "sort_diagnostics"]
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from hookdoctor.attention import AttentionSpec
+    from hookdoctor.model.inputs import ExampleImage
     from hookdoctor.specs.gradcam import GradCAMSpec
 
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    """One finding: a stable code, how bad it is, where, why, and what to do instead."""
-
-    code: str
-    severity: str
-    layer: str | None
-    message: str
-    fix: str
-    method: str | None = None
-
-    @classmethod
-    def of(
-        cls,
-        code: str,
-        message: str,
-        fix: str,
-        *,
-        layer: str | None = None,
-        method: str | None = None,
-        severity: str | None = None,
-    ) -> Diagnostic:
-        """A diagnostic whose severity defaults to the one registered for ``code``."""
-        entry = codes.get(code)
-        return cls(entry.code, severity or entry.severity, layer, message, fix, method)
-
-    @property
-    def title(self) -> str:
-        return codes.get(self.code).title
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "layer": self.layer,
-            "method": self.method,
-            "message": self.message,
-            "fix": self.fix,
-        }
-
-
-def sort_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
-    """Most severe first; within a severity, by code, then in the order found."""
-    return sorted(diagnostics, key=lambda d: (codes.SEVERITY_ORDER[d.severity], d.code))
 
 
 @dataclass(frozen=True)
@@ -73,9 +32,13 @@ class LayerVerdict:
     usable: bool
     diagnostics: list[Diagnostic]
     layout: str | None = None
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
     prefix_tokens: int | None = None
     suggestions: list[str] = field(default_factory=list)
+    # True when a locality test (or a path of position-keeping operations) showed that the
+    # cells line up with the input, False when they do not (HD306), None when not tested:
+    # inspect tests the layers it tries for its recommendation and the layers named in layer=.
+    cells_confirmed: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +47,7 @@ class LayerVerdict:
             "layout": self.layout,
             "grid": list(self.grid) if self.grid else None,
             "prefix_tokens": self.prefix_tokens,
+            "cells_confirmed": self.cells_confirmed,
             "suggestions": list(self.suggestions),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
@@ -99,7 +63,7 @@ class LayerSummary:
     calls: int
     output: str
     layout: str | None
-    grid: tuple[int, int] | None
+    grid: tuple[int, ...] | None
     usable: bool | None
     codes: tuple[str, ...]
 
@@ -132,6 +96,20 @@ class Report:
     layers: list[LayerSummary]
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
+    task: str = "classification"  # classification, segmentation, embedding or detection (what target indexes)
+    structure_only: bool = False  # the pass ran on the meta device: shapes and graph, no values
+    not_run: tuple[str, ...] = ()  # the checks that need values, skipped by a structure-only pass
+    # For pictures, computed on demand: the model inspected (the specs hold it already) and how to
+    # get the example image back. Neither keeps a tensor the model made.
+    _model: nn.Module | None = field(default=None, repr=False, compare=False)
+    _example: ExampleImage | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def full_run_adds(self) -> str | None:
+        """One line: what inspecting without structure_only would add (None after a full run)."""
+        from hookdoctor.checks.structure import FULL_RUN_ADDS
+
+        return FULL_RUN_ADDS if self.structure_only else None
 
     @property
     def ok(self) -> bool:
@@ -143,6 +121,53 @@ class Report:
     def check_layer(self, name: str) -> LayerVerdict:
         """The verdict for any module name (exact dotted name; close matches suggested on a miss)."""
         return self._judge(name)
+
+    def figure(self, x: Any = None, *, caption: str | None = None) -> Any:
+        """A matplotlib Figure: the habit layer's Grad-CAM, the spec's, and the rollout, on the input.
+
+        ``x`` defaults to the example input: the random input inspect made is made again,
+        and an input you passed is used while you still hold it (the report keeps no tensor,
+        so once it is gone pass it again). Maps are computed now, with pytorch-grad-cam and
+        the spec's own rollout; needs the ``plot`` extra (matplotlib).
+        """
+        from hookdoctor.render.figure import draw_figure
+        from hookdoctor.render.maps import compute_maps
+
+        model, image = self.model_and_image(x)
+        return draw_figure(compute_maps(self, model, image), caption)
+
+    def model_and_image(self, x: Any = None) -> tuple[nn.Module, Any]:
+        """The inspected model and the ``[B, C, H, W]`` image to draw maps on (``x``, or the example input)."""
+        from hookdoctor.errors import InputError
+        from hookdoctor.model.inputs import resolve_input
+        from hookdoctor.model.unwrap import unwrap
+
+        if self._model is None:
+            raise InputError("This report was not made by hookdoctor.inspect, so it has no model to draw maps of.")
+        inner, _, _ = unwrap(self._model)
+        if any(t.is_meta for t in inner.parameters()):
+            raise InputError(
+                f"{type(inner).__name__} lives on the meta device: it has no weights, so no map can be drawn. "
+                "Build it on a real device and inspect it (structure_only=True is fine) to draw its maps."
+            )
+        given = resolve_input(inner, x) if x is not None else None
+        kind = given.kind if given is not None else self._example.kind if self._example is not None else "image"
+        if kind != "image":
+            # The figure overlays [H, W] maps on a picture; a video's or a signal's map has other axes.
+            raise InputError(
+                f"The model takes a {kind} input, and pictures are drawn for image inputs only. Compute the map "
+                "with the spec instead: GradCAM(**spec.pytorch_grad_cam_kwargs())(input_tensor="
+                "spec.as_backend_input(x), targets=[ClassifierOutputTarget(report.target)])."
+            )
+        if given is not None:
+            return self._model, given.image
+        image = self._example.recall(inner) if self._example is not None else None
+        if image is None:
+            raise InputError(
+                "The example input given to inspect is gone (the report keeps no tensor of it); pass it "
+                "again: report.figure(x)."
+            )
+        return self._model, image
 
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.severity == "error"]
@@ -159,6 +184,7 @@ class Report:
                 "class": self.model_class,
                 "input_shape": list(self.input_shape),
                 "target": self.target,
+                "task": self.task,
             },
             "environment": dict(self.environment),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
@@ -166,6 +192,8 @@ class Report:
             "rollout": self.rollout.to_dict() if self.rollout is not None else None,
             "checked_layers": {n: v.to_dict() for n, v in self.layer_verdicts.items()},
             "layers": [layer.to_dict() for layer in self.layers],
+            "structure_only": self.structure_only,
+            "not_run": list(self.not_run),
         }
 
     def __rich_console__(self, console: Any, options: Any) -> Any:

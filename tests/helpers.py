@@ -7,11 +7,12 @@ and ``captum_map`` calls Captum's ``LayerGradCam``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -169,3 +170,19 @@ def corr(a: Any, b: Any) -> float:
     if a.std() < 1e-12 or b.std() < 1e-12:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+_LIBRARY_MARKS = {"timm": pytest.mark.timm, "hf": pytest.mark.transformers}
+
+
+def marked_by_library(names: Iterable[str], extra: dict[str, Any] | None = None) -> list[Any]:
+    """``pytest.param`` per case name, marked ``timm`` or ``transformers`` by its ``timm-``/``hf-`` prefix.
+
+    .ci/run's compatibility stages select the cases by these marks; ``extra`` adds a mark
+    to the named cases.
+    """
+    params = []
+    for name in names:
+        marks = [mark for mark in (_LIBRARY_MARKS.get(name.split("-", 1)[0]), (extra or {}).get(name)) if mark]
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params

@@ -59,6 +59,7 @@ TIMM_CASES = [
 ]
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize(
     ("name", "kwargs", "size", "prefix", "grid", "query", "query_tokens"),
     TIMM_CASES,
@@ -101,6 +102,7 @@ def test_timm_fused_capture_equals_unfused_and_rolls_out(
         assert torch.equal(model(x), expected)
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize(
     ("name", "kwargs", "size", "code"),
     [
@@ -185,6 +187,7 @@ def test_torchvision_swin_and_resnet_are_refused(name, code):
     assert [d.code for d in diagnostics if d.severity == "error"] == [code]
 
 
+@pytest.mark.timm
 def test_set_fused_attn_after_creation_is_reported_as_misleading():
     from timm.layers import config as timm_config
 

@@ -7,6 +7,9 @@ rich's own switch for "this output is a terminal", so the tests take the CLI's r
 
 Regenerate after an intended change with ``HOOKDOCTOR_UPDATE_GOLDEN=1 pytest tests/test_cli_golden.py``
 and review the diff. Package versions are masked so upgrades do not break the files.
+The files record the main CI stage's world (transformers 5.x: ``vit.layers.N``, SDPA), so
+.ci/run's compatibility stages deselect them (``-m "not golden"``); what differs there is
+asserted by the version-aware tests instead.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 from fixtures.pathological import INPUTS as PATHOLOGICAL_INPUTS
 from hookdoctor.cli import main
 
+pytestmark = pytest.mark.golden
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("HOOKDOCTOR_UPDATE_GOLDEN") == "1"
@@ -33,8 +38,8 @@ CASES = {
     # name: (arguments, expected exit code)
     "report_vit": (["fixtures/report_vit", "--tree"], 0),
     "report_vit_layer": (["fixtures/report_vit", "--method", "gradcam", "--layer", "vit.layers.5"], 1),
-    "resnet18": (["torchvision:resnet18"], 1),
-    "swin": (["fixtures/factories.py:tiny_swin"], 1),
+    "resnet18": (["torchvision:resnet18"], 0),  # auto: rollout does not apply (HD514), Grad-CAM works
+    "swin": (["fixtures/factories.py:tiny_swin"], 0),  # window attention: rollout does not apply
 }
 
 
@@ -109,7 +114,7 @@ def test_json_report(name, capsys, plain_terminal):
 TERMINAL_CASES = {
     # name: (arguments, expected exit code, most lines allowed); the golden files show a screen
     "report_vit_compact": (["fixtures/report_vit"], 0, 40),  # the seed ViT fits in 40 lines
-    "swin_compact_tree": (["fixtures/factories.py:tiny_swin", "--tree"], 1, None),
+    "swin_compact_tree": (["fixtures/factories.py:tiny_swin", "--tree"], 0, None),  # auto: rollout n/a (HD514)
 }
 
 

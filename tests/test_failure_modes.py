@@ -34,6 +34,7 @@ from helpers import (  # noqa: E402
     spec_gradcam,
     tokens_to_grid,
 )
+from versions import transformers_major, vit_block  # noqa: E402
 
 GRADCAM = ("gradcam",)
 
@@ -108,6 +109,7 @@ def assert_spec_works(report, x: torch.Tensor, tolerance: int | None = 0) -> Non
 # ViT with a CLS-only classifier, hooked at the last block output or the final norm.
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize("naive_layer", ["blocks.1", "norm"])
 def test_g1_naive_cls_only_vit_gives_all_zero_map(naive_layer):
     model, x = built("cls_only_vit")
@@ -118,12 +120,14 @@ def test_g1_naive_cls_only_vit_gives_all_zero_map(naive_layer):
     assert float(patch_gradients.abs().max()) == 0.0, "no gradient may reach the patch tokens"
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize("naive_layer", ["blocks.1", "norm"])
 def test_g1_diagnosed_no_gradient_to_patches(naive_layer):
     _, _, report = inspected("cls_only_vit")
     assert_diagnosed(report, naive_layer, "HD201", "error")
 
 
+@pytest.mark.timm
 def test_g1_spec_hooks_before_the_last_attention_and_works():
     _, x, report = inspected("cls_only_vit")
     assert report.gradcam.layer_name == "blocks.1.norm1"
@@ -134,12 +138,14 @@ def test_g1_spec_hooks_before_the_last_attention_and_works():
 # A token layer [B, T, C] handed to the libraries without a reshape.
 
 
+@pytest.mark.timm
 def test_g2_naive_token_layer_fails_in_pytorch_grad_cam():
     model, x = built("gap_vit")
     with pytest.raises(ValueError, match="Invalid grads shape"):
         run_pytorch_grad_cam(model, [model.blocks[-1]], x)
 
 
+@pytest.mark.timm
 def test_g2_naive_token_layer_gives_captum_a_one_dimensional_map():
     model, x = built("gap_vit")
     attribution = captum_map(model, model.blocks[-1], x, target=0)
@@ -147,6 +153,7 @@ def test_g2_naive_token_layer_gives_captum_a_one_dimensional_map():
     assert tuple(attribution.shape) == (1, 1, 32)
 
 
+@pytest.mark.timm
 def test_g2_diagnosed_token_layout():
     _, _, report = inspected("gap_vit")
     verdict = report.check_layer("blocks.1")
@@ -154,6 +161,7 @@ def test_g2_diagnosed_token_layout():
     assert_diagnosed(report, "blocks.1", "HD301", "info")
 
 
+@pytest.mark.timm
 def test_g2_spec_carries_a_reshape_and_works():
     _, x, report = inspected("gap_vit")
     assert report.gradcam.reshape_transform is not None
@@ -167,6 +175,7 @@ def test_g2_spec_carries_a_reshape_and_works():
 PREFIX_CASES = [("distilled_deit", 2), ("register_token_vit", 5)]
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize("name", [name for name, _ in PREFIX_CASES])
 def test_g3_naive_one_token_reshape_fails(name):
     from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
@@ -177,6 +186,7 @@ def test_g3_naive_one_token_reshape_fails(name):
                              lambda t: vit_reshape_transform(t, height=4, width=4))
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize("name", [name for name, _ in PREFIX_CASES])
 def test_g3_diagnosed_prefix_tokens(name):
     _, _, report = inspected(name)
@@ -184,6 +194,7 @@ def test_g3_diagnosed_prefix_tokens(name):
     assert_diagnosed(report, "blocks.1.norm1", "HD302", "info")
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize(("name", "prefix_tokens"), PREFIX_CASES)
 def test_g3_spec_drops_every_prefix_token_and_works(name, prefix_tokens):
     model, x, report = inspected(name)
@@ -196,6 +207,7 @@ def test_g3_spec_drops_every_prefix_token_and_works(name, prefix_tokens):
 # Non-square input: the grid is 4x8, a square or swapped reshape is wrong.
 
 
+@pytest.mark.timm
 def test_g4_naive_swapped_grid_runs_silently_with_wrong_geometry():
     model, x = built("non_square_vit")
     swapped = tokens_to_grid(1, 8, 4)  # token count matches 4x8, so nothing errors
@@ -206,6 +218,7 @@ def test_g4_naive_swapped_grid_runs_silently_with_wrong_geometry():
     assert hits < len(cells), "a swapped grid cannot line up with the input"
 
 
+@pytest.mark.timm
 def test_g4_naive_square_default_reshape_fails():
     from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
@@ -214,12 +227,14 @@ def test_g4_naive_square_default_reshape_fails():
         run_pytorch_grad_cam(model, [model.blocks[-1].norm1], x, vit_reshape_transform)  # 14x14 default
 
 
+@pytest.mark.timm
 def test_g4_diagnosed_non_square_grid():
     _, _, report = inspected("non_square_vit")
     assert_diagnosed(report, "blocks.1.norm1", "HD303", "info")
     assert report.check_layer("blocks.1.norm1").grid == (4, 8)
 
 
+@pytest.mark.timm
 def test_g4_spec_grid_is_height_first_and_lines_up():
     _, x, report = inspected("non_square_vit")
     assert tuple(report.gradcam.grid) == (4, 8)
@@ -232,8 +247,8 @@ def test_g4_spec_grid_is_height_first_and_lines_up():
 OUTPUT_CASES = [
     ("tuple_output_model", "features", "'tuple' object has no attribute 'cpu'"),
     ("dict_output_model", "features", "'dict' object has no attribute 'cpu'"),
-    ("hf_vit_transformers5", "vit.layers.1.layernorm_before",
-     "'ImageClassifierOutput' object has no attribute 'cpu'"),
+    pytest.param("hf_vit", vit_block(1) + ".layernorm_before",
+                 "'ImageClassifierOutput' object has no attribute 'cpu'", marks=pytest.mark.transformers, id="hf_vit"),
 ]
 
 
@@ -349,6 +364,7 @@ def test_g6_spec_hooks_a_tensor_producing_layer_and_works():
 SWIN_NAIVE_LAYER = "layers.1.blocks.0"
 
 
+@pytest.mark.timm
 def test_g7_naive_channels_last_map_is_drawn_over_width_and_channels():
     model, x = built("channels_last_swin")
     layer = module(model, SWIN_NAIVE_LAYER)
@@ -358,6 +374,7 @@ def test_g7_naive_channels_last_map_is_drawn_over_width_and_channels():
     assert tuple(captum_map(model, layer, x, target=0).shape) == (1, 1, 4, 64)
 
 
+@pytest.mark.timm
 def test_g7_naive_library_swin_reshape_fails_on_channels_last():
     from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform
 
@@ -367,11 +384,13 @@ def test_g7_naive_library_swin_reshape_fails_on_channels_last():
                              lambda t: swinT_reshape_transform(t, height=4, width=4))
 
 
+@pytest.mark.timm
 def test_g7_diagnosed_channels_last():
     _, _, report = inspected("channels_last_swin")
     assert_diagnosed(report, SWIN_NAIVE_LAYER, "HD304", "info")
 
 
+@pytest.mark.timm
 def test_g7_spec_permutes_to_nchw_and_works():
     model, x, report = inspected("channels_last_swin")
     spec = report.gradcam
@@ -638,6 +657,7 @@ def test_g12_spec_activation_is_not_rewritten_and_works(name, naive_layer):
 # Substring / prefix matching of layer names.
 
 
+@pytest.mark.timm
 def test_g13_naive_prefix_selector_averages_three_layers():
     model, x = built("deep_vit")
     picked = [n for n, _ in model.named_modules() if n.startswith("blocks.1") and n.endswith("norm1")]
@@ -649,6 +669,7 @@ def test_g13_naive_prefix_selector_averages_three_layers():
     assert not np.allclose(naive.final, intended.final, atol=1e-3)
 
 
+@pytest.mark.timm
 @pytest.mark.parametrize(("typed", "expected_match"), [
     ("blocks.1.norm", "blocks.1.norm1"),
     ("blocks1.norm1", "blocks.1.norm1"),
@@ -660,12 +681,14 @@ def test_g13_diagnosed_unknown_layer_with_close_matches(typed, expected_match):
     assert expected_match in report.check_layer(typed).suggestions
 
 
+@pytest.mark.timm
 def test_g13_exact_name_is_judged_alone():
     _, _, report = inspected("deep_vit")
     verdict = report.check_layer("blocks.1")
     assert all(d.layer == "blocks.1" for d in verdict.diagnostics)
 
 
+@pytest.mark.timm
 def test_g13_spec_for_the_exact_name_has_exactly_that_layer():
     model, x, report = inspected("deep_vit", layer="blocks.1.norm1")
     spec = report.gradcam
@@ -780,25 +803,41 @@ def test_g15_spec_has_one_target_layer_and_works():
 
 
 # ================================================================================= G16
-# Library drift: transformers 5 renamed the ViT blocks; timm Swin went channels-last.
+# Library drift: transformers 5 renamed the ViT blocks (vit.encoder.layer.N -> vit.layers.N);
+# timm Swin went channels-last. A path written for the other transformers major is the
+# naive usage, on either side of the rename.
 
 
-def test_g16_naive_transformers4_path_is_gone():
-    model, _ = built("hf_vit_transformers5")
-    with pytest.raises(AttributeError, match="encoder"):
-        model.vit.encoder.layer[-1].layernorm_before  # noqa: B018 - the tutorial's path
+def _last_norm_names() -> tuple[str, str]:
+    """(name under the installed transformers, name under the other major) of the last block's first norm."""
+    five, four = "vit.layers.1.layernorm_before", "vit.encoder.layer.1.layernorm_before"
+    return (five, four) if transformers_major() >= 5 else (four, five)
 
 
-def test_g16_diagnosed_renamed_layer_with_the_new_name_suggested():
-    old = "vit.encoder.layer.1.layernorm_before"
-    _, _, report = inspected("hf_vit_transformers5", layer=old)
-    assert_diagnosed(report, old, "HD101", "error")
-    verdict = report.check_layer(old)
-    assert verdict.suggestions[0] == "vit.layers.1.layernorm_before"
+@pytest.mark.transformers
+def test_g16_naive_path_of_the_other_major_is_gone():
+    model, _ = built("hf_vit")
+    if transformers_major() >= 5:
+        with pytest.raises(AttributeError, match="encoder"):
+            model.vit.encoder.layer[-1].layernorm_before  # noqa: B018 - the transformers 4 tutorial's path
+    else:
+        with pytest.raises(AttributeError, match="layers"):
+            model.vit.layers[-1].layernorm_before  # noqa: B018 - the transformers 5 path
 
 
+@pytest.mark.transformers
+def test_g16_diagnosed_renamed_layer_with_the_installed_name_suggested():
+    installed, other = _last_norm_names()
+    _, _, report = inspected("hf_vit", layer=other)
+    assert_diagnosed(report, other, "HD101", "error")
+    verdict = report.check_layer(other)
+    assert verdict.suggestions[0] == installed
+
+
+@pytest.mark.transformers
 def test_g16_spec_found_structurally_and_works():
-    model, x, report = inspected("hf_vit_transformers5")
+    model, x, report = inspected("hf_vit")
     spec = report.gradcam
-    assert spec.layer is model.vit.layers[-1].layernorm_before
+    assert spec.layer is model.get_submodule(_last_norm_names()[0])
+    assert spec.layer_name == _last_norm_names()[0]
     assert_spec_works(report, x)

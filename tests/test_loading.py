@@ -22,11 +22,13 @@ def test_torchvision_name_builds_random_weights():
     assert type(loaded.model).__name__ == "ResNet" and not loaded.model.training
 
 
+@pytest.mark.timm
 def test_timm_name():
     loaded = load_model("timm:vit_tiny_patch16_224")
     assert type(loaded.model).__name__ == "VisionTransformer"
 
 
+@pytest.mark.transformers
 def test_hf_folder_is_the_default_fixture():
     loaded = load_model(str(ROOT / "fixtures" / "report_vit"))
     assert type(loaded.model).__name__ == "ViTForImageClassification"
@@ -106,11 +108,13 @@ def test_bad_model_strings_name_the_problem_and_the_fix(model, message):
     assert "\n" not in str(info.value)  # one paragraph
 
 
+@pytest.mark.transformers
 def test_hf_folder_without_config(tmp_path):
     with pytest.raises(ModelLoadError, match="has no config.json"):
         load_model(str(tmp_path))
 
 
+@pytest.mark.transformers
 def test_hf_remote_code_needs_the_flag(tmp_path):
     (tmp_path / "config.json").write_text(
         '{"model_type": "custom-net", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}'

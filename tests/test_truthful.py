@@ -81,6 +81,45 @@ def test_mask_unit_order_is_refused_the_same_way_by_check_layer_and_the_recommen
     assert_aligned(spec, x)
 
 
+def _small_hf_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=64, num_hidden_layers=6, num_attention_heads=4, intermediate_size=128,
+        image_size=64, patch_size=8, num_labels=10,
+    )  # fmt: skip
+    return ViTForImageClassification(config).eval(), torch.randn(1, 3, 64, 64)
+
+
+@pytest.mark.transformers
+def test_check_layer_tests_an_untried_layer_on_demand_as_a_named_inspect_does():
+    # The pass tests the cells of the layers its recommendation tries; an attention output
+    # projection is not one of them, and its cells do not line up (it is the attention's
+    # mix alone, without the residual stream).
+    model, x = _small_hf_vit()
+    name = "vit.layers.3.attention.o_proj"
+    cells = corner_cells((8, 8))
+    layer = model.get_submodule(name)
+    assert aligned_cells(model, layer, ReshapeTransform("tokens", (8, 8), 1), (8, 8), x, cells) < len(cells)
+    report = hookdoctor.inspect(model, x)
+    assert next(s for s in report.layers if s.name == name).usable  # judged on structure in the table
+    verdict = report.check_layer(name)
+    assert not verdict.usable and "HD306" in _codes(verdict) and verdict.cells_confirmed is False
+    assert verdict == hookdoctor.inspect(model, x, methods=GRADCAM, layer=name).layer_verdicts[name]
+    # The recommended layer was tested by the pass itself.
+    assert report.check_layer(report.gradcam.layer_name).cells_confirmed is True
+
+
+@pytest.mark.transformers
+def test_check_layer_says_untested_once_the_example_input_is_gone():
+    model, x = _small_hf_vit()
+    report = hookdoctor.inspect(model, x)
+    del x  # the report holds the user's input weakly
+    verdict = report.check_layer("vit.layers.3.attention.o_proj")
+    assert verdict.usable and verdict.cells_confirmed is None
+
+
 # -- item 4: a pooled token [B, C, 1] ---------------------------------------------------------------
 def test_a_pooled_token_is_not_read_as_tokens_of_one_channel():
     model, x, report = _inspect("pooled_token_cnn", methods=GRADCAM)

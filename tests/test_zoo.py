@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import assert_aligned, assert_working_map, spec_captum, spec_gradcam
+from helpers import assert_aligned, assert_working_map, marked_by_library, spec_captum, spec_gradcam
 from torch import nn
+from versions import has_transformers_class, vit_block
 
 import hookdoctor
 from hookdoctor.model.guard import preserved
@@ -147,7 +148,13 @@ def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize(
+    "name",
+    marked_by_library(
+        ZOO,
+        extra={"hf-dinov2_registers": has_transformers_class("Dinov2WithRegistersForImageClassification", "4.48")},
+    ),
+)
 def test_recommended_spec_works_with_pytorch_grad_cam_and_captum(name: str) -> None:
     build, shape, tolerance = ZOO[name]
     model = build()
@@ -172,6 +179,7 @@ def test_recommended_spec_works_with_pytorch_grad_cam_and_captum(name: str) -> N
     assert_aligned(spec, x, tolerance=tolerance)
 
 
+@pytest.mark.timm
 def test_vit_without_token_mixing_after_the_block_keeps_the_block_output() -> None:
     """A GAP ViT reads every patch at the end: the last block itself is recommended (G1's control)."""
     build, shape, _ = ZOO["timm-gap_vit"]
@@ -180,10 +188,12 @@ def test_vit_without_token_mixing_after_the_block_keeps_the_block_output() -> No
     assert report.gradcam.layer_name == "blocks.1"
 
 
+@pytest.mark.timm
+@pytest.mark.transformers
 def test_cls_vit_recommends_the_norm_before_the_last_attention() -> None:
     for name, expected in (
         ("timm-vit_tiny", "blocks.1.norm1"),
-        ("hf-vit", "vit.layers.1.layernorm_before"),
+        ("hf-vit", f"{vit_block(1)}.layernorm_before"),
         ("torchvision-vit_b_16", "encoder.layers.encoder_layer_11.ln_1"),
     ):
         build, shape, _ = ZOO[name]
@@ -191,10 +201,11 @@ def test_cls_vit_recommends_the_norm_before_the_last_attention() -> None:
         assert hookdoctor.inspect(model, torch.randn(*shape), methods=("gradcam",)).gradcam.layer_name == expected
 
 
+@pytest.mark.transformers
 def test_preserved_restores_everything_after_a_raising_forward() -> None:
     model = ZOO["hf-vit"][0]()
     model.train()
-    model.vit.layers[0].requires_grad_(False)
+    model.get_submodule(vit_block(0)).requires_grad_(False)
 
     class Boom(RuntimeError):
         pass
@@ -205,5 +216,5 @@ def test_preserved_restores_everything_after_a_raising_forward() -> None:
         model.register_forward_hook(lambda *a: None)
         raise Boom
     assert model.training and all(m.training for m in model.modules())
-    assert not any(p.requires_grad for p in model.vit.layers[0].parameters())
+    assert not any(p.requires_grad for p in model.get_submodule(vit_block(0)).parameters())
     assert _hook_count(model) == 0

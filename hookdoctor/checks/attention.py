@@ -54,6 +54,34 @@ def _transformers_major() -> int | None:
     return int(version.split(".")[0]) if isinstance(version, str) else None
 
 
+def _output_attentions_gives() -> str:
+    """What ``output_attentions=True`` gives a user of an SDPA model; it differs by transformers version."""
+    major = _transformers_major()
+    if major is None or major >= 5:
+        return "output_attentions=True returns an empty tuple () and a rollout over it is all zeros or NaN"
+    # 4.x: ViT 4.41 gives one None per layer, 4.57 None for the whole tuple; BEiT's
+    # BeitSdpaSelfAttention re-runs eager when asked.
+    return (
+        "output_attentions=True returns None in their place (a few 4.x models, such as BEiT, re-run that "
+        "call eager instead) and a rollout over it fails or is all zeros"
+    )
+
+
+def _eager_switch(model: nn.Module) -> str:
+    """How a user switches this transformers model to eager attention, in their installed version."""
+    # 4.41 has no set_attn_implementation; in 4.57 it only logs a warning for models that do
+    # not use AttentionInterface (BEiT), and transformers' own check says which those are.
+    if not hasattr(model, "set_attn_implementation"):
+        return "from_pretrained(..., attn_implementation='eager')"
+    can_switch = getattr(model, "_can_set_attn_implementation", None)
+    try:
+        # It reads the model class's source file, which a class defined at run time lacks.
+        dynamic = can_switch is None or bool(can_switch())
+    except (OSError, TypeError, KeyError, AttributeError):
+        dynamic = True
+    return "model.set_attn_implementation('eager')" if dynamic else "from_pretrained(..., attn_implementation='eager')"
+
+
 # -- refusals ------------------------------------------------------------------------------------
 def _refusal(model: nn.Module, sites: Sequence[AttentionSite], prefix: str) -> Diagnostic | None:
     if not sites:
@@ -139,17 +167,14 @@ def _setting_diagnostics(model: nn.Module, blocks: Sequence[AttentionSite], pref
         first = _named(prefix, fused[0].module)
         owner = _owner_module(model, fused[0].module)
         if implementation is not None and implementation != "eager":
-            major = _transformers_major()
-            empty = "an empty tuple ()" if major is None or major >= 5 else "None"
             out.append(Diagnostic.of(
                 "HD501",
                 f"{first}{_more(fused)} run torch's scaled_dot_product_attention "
                 f"(config._attn_implementation={implementation!r}), which never materialises the attention "
-                "probabilities, so "
-                f"output_attentions=True returns {empty} and a rollout over it is all zeros or NaN.",
+                f"probabilities, so {_output_attentions_gives()}.",
                 "Nothing to change: the spec captures the probabilities by computing "
                 "softmax(q·kᵀ·scale + mask) beside each scaled_dot_product_attention call, leaving the "
-                "model's outputs unchanged; for your own code, model.set_attn_implementation('eager') "
+                f"model's outputs unchanged; for your own code, {_eager_switch(model)} "
                 "makes output_attentions work.",
                 layer=first, method=_METHOD,
             ))
@@ -215,7 +240,7 @@ def _misleading_settings(
         f"{'; '.join(claims)} suggests eager attention, but {first}{_more(fused)} still run fused "
         "scaled_dot_product_attention when called.",
         "Trust the effective setting: the spec captures either way; to switch for your own code use "
-        "model.set_attn_implementation('eager') (transformers) or m.fused_attn = False on each timm "
+        f"{_eager_switch(model)} (transformers) or m.fused_attn = False on each timm "
         "attention module.",
         layer=first, method=_METHOD,
     )]
@@ -282,6 +307,16 @@ def _explained_sequence(probe: Probe, name_prefix: str) -> list[AttentionCall]:
     if not any(verdicts):
         return list(probe.attention)
     return [seen for seen, sees in zip(probe.attention, verdicts, strict=True) if sees is not False]
+
+
+def _structural_query(probe: Probe, tokens: int, prefix: int, has_pool: bool) -> tuple[str, tuple[int, ...]]:
+    """The rollout query without gradient values (meta device): a head that picks a token reads it."""
+    if has_pool:
+        return "pool", ()
+    picked = [index for index in probe.graph.picked_tokens(tokens) if index < prefix]
+    if prefix and picked and not probe.reads_patch_tokens(tokens):
+        return "cls", tuple(picked)
+    return "mean", ()
 
 
 def analyse_attention(
@@ -357,7 +392,10 @@ def analyse_attention(
     prefix, grid = candidates[0]
 
     rows, on_path = _read_rows(block_calls, backward_ran=probe.score.has_gradient)
-    query, query_tokens = _query(rows, prefix, pool is not None)
+    if probe.structure_only:
+        query, query_tokens = _structural_query(probe, tokens, prefix, pool is not None)
+    else:
+        query, query_tokens = _query(rows, prefix, pool is not None)
     on_gradient_path = all(on_path)
     first = _named(name_prefix, blocks[0].module)
     if query != "cls":
@@ -395,8 +433,8 @@ def analyse_attention(
             f"The attention captured from {_named(name_prefix, off.module)} is returned beside the value "
             "product, not on the gradient path, so gradient-weighted rollout (Chefer, LeGrad) gets no "
             "gradient.",
-            "Plain rollout works; for gradient-weighted variants recompute A @ V from the captured "
-            "attention (as torchcam's LeGrad does).",
+            "Plain rollout works; spec.gradient_rollout(model, x) recomputes A @ V from the captured "
+            "attention for one forward, so gradient-weighted rollout works too.",
             layer=_named(name_prefix, off.module), method=_METHOD,
         ))
     spec = AttentionSpec(

@@ -14,11 +14,14 @@ count agrees with the one the model declares and whose grid one stride explains.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from hookdoctor.checks.layers import Context, Judgement
+from hookdoctor.errors import ModelRunError
 from hookdoctor.geometry.layout import Layout, aligned_grid
 from hookdoctor.geometry.locality import (
     cell_energies,
@@ -33,6 +36,8 @@ from hookdoctor.geometry.locality import (
 # The locality test runs on at most this many layouts per layer (most likely first), so a
 # layer costs at most 2 * _MAX_LAYOUTS backward passes, however many readings its shape allows.
 _MAX_LAYOUTS = 3
+_CHANNELS_FIRST = ("NCHW", "NCTHW", "NCL")
+CELLS_MISALIGNED = "cells do not line up"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,14 @@ class Confirmation:
     coarse: bool = False
     negative_evidence: bool = False
     locality_tested: bool = False
+    structure_only: bool = False  # chosen from the shape alone: nothing about the cells was tested
+
+    @property
+    def cells_confirmed(self) -> bool | None:
+        """True when the cells line up (tested, or by construction), False when not, None when never asked."""
+        if self.layout is not None:
+            return None if self.structure_only else True
+        return False if self.failure == CELLS_MISALIGNED else None
 
 
 class Confirmer:
@@ -74,13 +87,17 @@ class Confirmer:
         """Every confirmation made so far, by layer name."""
         return dict(self._done)
 
+    def known(self, j: Judgement) -> Confirmation | None:
+        """The confirmation of ``j`` if one was made (recommendation, layer=), else None: nothing runs."""
+        return self._done.get(j.name)
+
     def confirm(self, j: Judgement) -> Confirmation:
         """Confirm ``j`` once; a layer whose cells do not line up gets HD306 on its judgement."""
         if j.name in self._done:
             return self._done[j.name]
         result = self._confirm(j)
         self._done[j.name] = result
-        if result.failure == "cells do not line up":
+        if result.failure == CELLS_MISALIGNED:
             j.add(
                 "HD306",
                 f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
@@ -94,6 +111,10 @@ class Confirmer:
     def _confirm(self, j: Judgement) -> Confirmation:
         if not j.usable or not j.layouts or j.call is None:
             return Confirmation(None, failure="failed a check before the map")
+        if self.probe.structure_only:
+            # The meta device has no values: no map, no locality probe. The layer is chosen on
+            # structure alone, with the layout its shape gives first (the reasons say so).
+            return Confirmation(j.layouts[0], structure_only=True)
         call = j.first_call
         # Cheap first: the map from the probe's own statistics, for every layout.
         working: list[Layout] = []
@@ -110,9 +131,10 @@ class Confirmer:
         working = working[:_MAX_LAYOUTS]
         image = self.probe.input_image
         if not self.context.grad_graph.may_move_positions(call.grad_fn, image):
-            nchw = next((lay for lay in working if lay.kind == "NCHW"), None)
-            if nchw is not None:  # reached only through position-keeping operations
-                return Confirmation(nchw)
+            # Reached only through position-keeping operations: a channels-first grid lines up by construction.
+            kept = next((lay for lay in working if lay.kind in _CHANNELS_FIRST and not lay.transposed), None)
+            if kept is not None:
+                return Confirmation(kept)
         for layout in working:
             found = self._cell_energies(call.output_tensor, layout)
             if found is not None and (
@@ -124,17 +146,57 @@ class Confirmer:
         hint = self.context.prefix_hint
         declared = [lay for lay in working if lay.kind != "tokens" or lay.prefix_tokens == hint]
         for layout in declared if hint is not None and declared else working:
-            if not aligned_grid(*layout.grid, self.probe.image_hw):
+            if len(layout.grid) != 2 or not aligned_grid(*layout.grid, self.probe.image_hw):
                 continue
             found = self._cell_energies(call.output_tensor, layout)
             if found is not None and keeps_order(found, layout):
                 return Confirmation(layout, coarse=True, locality_tested=True)
-        return Confirmation(None, failure="cells do not line up", locality_tested=True)
+        return Confirmation(None, failure=CELLS_MISALIGNED, locality_tested=True)
 
     def _cell_energies(self, tensor: torch.Tensor, layout: Layout) -> list[torch.Tensor] | None:
         key = (id(tensor), layout)
         if key not in self._energies:
-            with contiguous_gradients(self._batchnorm_outputs):
-                self._energies[key] = cell_energies(tensor, self.probe.input_image, layout)
+            with contiguous_gradients(self._batchnorm_outputs), _user_failures_told_apart():
+                self._energies[key] = cell_energies(
+                    tensor, self.probe.input_image, layout, channel_axis=self.probe.channel_axis
+                )
             self.backwards += 2
         return self._energies[key]
+
+
+@contextmanager
+def _user_failures_told_apart() -> Iterator[None]:
+    """The locality probe's backward passes, with failures of the user's model told apart from hookdoctor's own.
+
+    They differentiate the probe's graph again: a forward that edits its weights in place
+    invalidates that graph, and a backward that fails only when repeated fails here.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if "modified by an inplace operation" in str(exc):
+            raise ModelRunError(
+                "The model's forward edits its own parameters or buffers in place (for example "
+                "`self.weight.add_(...)` under no_grad): the second forward hookdoctor ran changed tensors "
+                "the first one's gradient needs, so autograd refused to differentiate it. Every gradient "
+                "method fails the same way once the model runs twice; move the update out of forward (into "
+                "the training step) or apply it to a copy."
+            ) from exc
+        if _raised_by_user_code(exc):
+            raise ModelRunError(
+                f"The model's backward pass raised {type(exc).__name__} on a later pass: {exc}. hookdoctor "
+                "differentiates the explained score several times over one forward; a backward that fails "
+                "when repeated breaks every gradient method that retains the graph (pytorch-grad-cam does)."
+            ) from exc
+        raise
+
+
+def _raised_by_user_code(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is neither hookdoctor's nor torch's: the model's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return not any(f"/{package}/" in filename for package in ("hookdoctor", "torch"))

@@ -54,7 +54,7 @@ NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, s
 class CutOff:
     """Why no gradient reaches a layer's patch tokens: the grid, and the picks on the score's path."""
 
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     picks: tuple[str, ...]
 
     def message(self, names: list[str], instead: str = "") -> str:
@@ -176,27 +176,29 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
             "Hook a module whose output is not modified in place, such as the enclosing block.",
         )
     shape = call.shape
-    if shape is None or len(shape) < 3 or spatial_extent(shape) <= 1:
+    probe = ctx.probe
+    axes = probe.input_axes or probe.image_hw
+    if shape is None or len(shape) < 3 or spatial_extent(shape, axes) <= 1:
         j.add(
             "HD305",
             f"`{name}` outputs {call.structure}, which has no spatial grid to draw a map on.",
             "Hook the last layer before global pooling.",
         )
         return j
-    probe = ctx.probe
     j.layouts = infer_layouts(
         shape,
-        probe.image_hw,
+        axes,
         probe.batch,
         module=record.module,
         observed_grids=ctx.observed_grids,
         prefix_hint=ctx.prefix_hint,
+        swapped_too=probe.input_kind == "spectrogram",
     )
     if not j.layouts:
         j.add(
             "HD306",
             f"`{name}` outputs {call.structure}, whose dimensions do not follow the "
-            f"{probe.image_hw[0]}x{probe.image_hw[1]} input's geometry.",
+            f"{'x'.join(str(a) for a in axes)} input's geometry.",
             "Hook a layer whose output is a grid or a token sequence over the image.",
         )
         return j
@@ -234,6 +236,12 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
         )
         return j
     layout = j.layouts[0]
+    if probe.structure_only:  # no gradient values on the meta device: the graph decides
+        picks = probe.cut_off_by_pick(call, shape[1]) if layout.kind == "tokens" and layout.prefix_tokens else None
+        if picks is not None:
+            j.cut_off = CutOff(layout.grid, picks)
+            j.add("HD201", j.cut_off.message([name]), NO_GRADIENT_FIX)
+        return j
     cells, prefix = call.grad.cell_energy(layout)
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
@@ -251,8 +259,10 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
 def layout_notes(j: Judgement, layout: Layout) -> list[Diagnostic]:
     """The layout findings a spec for this layer handles by itself (info)."""
     notes: list[Diagnostic] = []
-    h, w = layout.grid
     name = j.name
+    if len(layout.grid) != 2:
+        return notes  # video and signal layouts: the spec's layer is what the libraries take
+    h, w = layout.grid
 
     def note(code: str, message: str, fix: str) -> None:
         notes.append(Diagnostic.of(code, message, fix, layer=name, method=GRADCAM))

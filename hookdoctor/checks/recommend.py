@@ -16,7 +16,9 @@ once returns the same tensor, that module is named instead: it needs no routing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from hookdoctor.checks.confirm import Confirmer
@@ -32,13 +34,18 @@ from hookdoctor.checks.layers import (
     observed_grids,
     split_call,
 )
-from hookdoctor.geometry.layout import Layout, prefix_token_hint
-from hookdoctor.model.inputs import ModelInput
+from hookdoctor.geometry.layout import Layout, ReshapeTransform, prefix_token_hint
+from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.tree import module_kind
+from hookdoctor.model.unwrap import without_compile
 from hookdoctor.probe.run import Probe
 from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
-from hookdoctor.specs.gradcam import CallRouter, GradCAMSpec, ScoreModel
+from hookdoctor.specs.gradcam import CallRouter, Float32Maps, GradCAMSpec, ScoreModel
 
+STRUCTURE_ONLY_REASON = (
+    "chosen on structure alone (structure-only, meta device): the locality probe and the working-map check "
+    "need values and did not run"
+)
 # The HD203 finding names this many of the layers tried (and counts the rest).
 _LISTED_TRIES = 8
 
@@ -78,8 +85,11 @@ class GradCAMAnalysis:
         model_input: ModelInput,
         probe: Probe,
         attention_sites: list[str],
+        modules: Mapping[str, nn.Module] | None = None,
     ) -> None:
-        self.model = model
+        # The modules specs name, by (prefixed) name: the user's own when the pass ran on a meta copy.
+        self.modules = modules
+        self.spec_model = without_compile(model)  # what pytorch-grad-cam can differentiate more than once
         self.model_input = model_input
         self.probe = probe
         self.attention_sites = attention_sites
@@ -160,9 +170,27 @@ class GradCAMAnalysis:
             found.append(
                 Diagnostic.of(
                     "HD203",
-                    "The explained score does not depend on the input image at all (its gradient is zero).",
-                    "Check the model's head and weights: a constant score has nothing to explain.",
+                    "The explained score has no gradient with respect to the input image: the forward does not "
+                    "use the image, or runs the path from it under torch.no_grad / torch.inference_mode, or "
+                    "detaches it.",
+                    "Check the model's head and weights (a constant score has nothing to explain), and remove "
+                    "the no_grad, inference_mode or .detach() between the image and the score.",
                     method=GRADCAM,
+                )
+            )
+        found += self._task_diagnostics()
+        if score.pre_activation_function:
+            found.append(
+                Diagnostic.of(
+                    "HD004",
+                    f"The model's forward ends in a {score.pre_activation_function} call "
+                    f"(F.{score.pre_activation_function} / torch.{score.pre_activation_function}, seen in the "
+                    "autograd graph)"
+                    f"{', saturated at 1.0' if score.saturated else ''}; its gradient "
+                    f"{'vanishes' if score.saturated else 'is damped'}, so the logit before it is explained instead.",
+                    "The spec's .model returns the input of that call; explain logits, not probabilities.",
+                    method=GRADCAM,
+                    severity="warning" if score.saturated else "info",
                 )
             )
         if score.pre_activation:
@@ -178,6 +206,54 @@ class GradCAMAnalysis:
                     severity="warning" if score.saturated else "info",
                 )
             )
+        return found
+
+    def _task_diagnostics(self) -> list[Diagnostic]:
+        """Which task and score were chosen, and why (classification says nothing unless it is image-text)."""
+        score = self.probe.score
+        kind = self.model_input.kind
+        found: list[Diagnostic] = []
+        if kind in BACKEND_AXIS:
+            shape = "[B, T, F]" if kind == "spectrogram" else "[B, C, L]"
+            view = "[B, 1, T, F]" if kind == "spectrogram" else "[B, C, 1, L]"
+            found.append(
+                Diagnostic.of(
+                    "HD015",
+                    f"The explained input is a 3-D {kind} {shape}; pytorch-grad-cam 1.5.7 takes only 4-D and 5-D "
+                    "inputs and fails on it.",
+                    f"Pass spec.as_backend_input(x) (the {view} view) to pytorch-grad-cam; spec.model accepts it. "
+                    "Captum takes x itself.",
+                    method=GRADCAM,
+                )
+            )
+        code = {"segmentation": "HD010", "embedding": "HD011", "detection": "HD012"}.get(score.task)
+        if score.selector.key == "logits_per_image":
+            code = "HD014"
+        if code is None:
+            return found
+        severity = "warning" if score.task == "embedding" and not score.reference_given else None
+        fix = {
+            "HD010": "Use spec.model and ClassifierOutputTarget(k) (or Captum's target=k) for class k; the masks are "
+            "those of the example input, so inspect again for another image.",
+            "HD011": "Pass reference= (the embedding of your concept or reference input) so that the map explains "
+            "similarity to it; report.target is 0, the only column."
+            if not score.reference_given
+            else "Use spec.model and target 0: the map explains the similarity to your reference.",
+            "HD012": "Use spec.model and ClassifierOutputTarget(k) for example detection k (report.target is the "
+            "top-scoring one); the detections are those of the example input, so inspect again for another image.",
+            "HD014": "Use spec.model and ClassifierOutputTarget(k) for text k; pass the texts you want as input_ids "
+            "in the example input (explain= names the image entry).",
+        }[code]
+        found.append(
+            Diagnostic.of(
+                code,
+                f"Task: {score.task}, because {score.why}; the explained score (spec.model(x)[:, k]) is "
+                f"{score.score_text}.",
+                fix,
+                method=GRADCAM,
+                severity=severity,
+            )
+        )
         return found
 
     # -- layer names ----------------------------------------------------------------------
@@ -239,6 +315,8 @@ class GradCAMAnalysis:
                 layout = self._confirm(j)
                 if layout is not None:
                     reasons: tuple[str, ...] = (f"`{name}` was named and works",)
+                    if self.probe.structure_only:
+                        reasons = (f"`{name}` was named and passes every structural check", STRUCTURE_ONLY_REASON)
                     if j.call_index is not None:
                         reasons += (self._routing(j),)
                     spec, notes = self._spec(j, layout, reasons, why="it is the call you named")
@@ -258,11 +336,7 @@ class GradCAMAnalysis:
                 why = self._why_call(choice) if choice.call_index is not None else ""
                 if why:
                     first = f"{self._routing(choice)}: {why}"
-                reasons = (
-                    first,
-                    f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
-                    "receives gradient from the score at every image cell and is not rewritten in place",
-                )
+                reasons = (first, *self._layout_reasons(layout))
                 spec, notes = self._spec(choice, layout, reasons, why)
                 return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
         found += self._negative_evidence_notes(None)
@@ -289,6 +363,18 @@ class GradCAMAnalysis:
                 f"latest first: {'; '.join(reasons)}{more}."
             )
         return Diagnostic.of("HD203", message, "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM)
+
+    def _layout_reasons(self, layout: Layout) -> tuple[str, ...]:
+        if self.probe.structure_only:
+            return (
+                f"laid out as {layout.describe()} over the input, read from its shape alone",
+                "the score's autograd path reaches its image cells and nothing rewrites it in place",
+                STRUCTURE_ONLY_REASON,
+            )
+        return (
+            f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
+            "receives gradient from the score at every image cell and is not rewritten in place",
+        )
 
     @staticmethod
     def _routing(j: Judgement) -> str:
@@ -382,8 +468,10 @@ class GradCAMAnalysis:
         j = self.judgement(name)
         if j is None:
             raise KeyError(name)
-        confirmed = self.confirmer.confirm(j).layout if j.usable and j.layout is not None else None
-        layout = confirmed or j.layout
+        # The locality test costs two backward passes: the verdict reads it where it ran (the
+        # layers the recommendation tried, the layers named in layer=) and says so where it did not.
+        confirmation = self.confirmer.known(j)
+        layout = (confirmation.layout if confirmation else None) or j.layout
         notes: list[Diagnostic] = []
         if j.usable and layout is not None:
             grad_note = self._grad_note(j)
@@ -398,6 +486,7 @@ class GradCAMAnalysis:
             layout=layout.kind if layout else None,
             grid=layout.grid if layout else None,
             prefix_tokens=layout.prefix_tokens if layout else None,
+            cells_confirmed=confirmation.cells_confirmed if confirmation else None,
         )
 
     def _spec(
@@ -406,37 +495,71 @@ class GradCAMAnalysis:
         score = self.probe.score
         grad_note = self._grad_note(j)
         extra_args = len(self.model_input.args) > 1 or bool(self.model_input.kwargs)
-        pre_activation = self.probe.records[score.pre_activation].module if score.pre_activation else None
-        if score.selector.how == "tensor" and pre_activation is None and grad_note is None and not extra_args:
-            score_model: nn.Module = self.model
+        pre_activation = self._module(score.pre_activation) if score.pre_activation else None
+        backend_axis = BACKEND_AXIS.get(self.model_input.kind)
+        # numpy, which pytorch-grad-cam converts maps and scores to, has no bfloat16.
+        float_scores = score.dtype == torch.bfloat16
+        plain = (
+            score.selector.how == "tensor"
+            and pre_activation is None
+            and score.pre_activation_function is None
+            and score.head is None
+            and backend_axis is None
+            and not float_scores
+        )
+        if plain and grad_note is None and not extra_args:
+            score_model: nn.Module = self.spec_model
         else:
             template = self.model_input if extra_args else None
-            score_model = ScoreModel(self.model, score.selector, pre_activation=pre_activation, call_template=template)
+            score_model = ScoreModel(
+                self.spec_model,
+                score.selector,
+                pre_activation=pre_activation,
+                call_template=template,
+                head=score.head,
+                pre_activation_function=score.pre_activation_function,
+                backend_axis=backend_axis,
+                input_dims=self.model_input.image.dim(),
+                float_scores=float_scores,
+            )
+        transform: ReshapeTransform | Float32Maps | None = layout.transform()
+        if j.first_call.output_tensor.dtype == torch.bfloat16:
+            transform = Float32Maps(layout.transform())
         notes = (
             layout_notes(j, layout)
             + ([grad_note] if grad_note else [])
             + self._coarse_notes(j.name)
             + self._call_note(j, why)
         )
-        score_text = score.selector.expression("model(x)")
+        score_text = score.score_text or score.selector.expression("model(x)")
         if score.pre_activation:
             score_text = f"the input of `{score.pre_activation}` (the logit)"
-        layer = self.probe.records[j.module_name].module
+        elif score.pre_activation_function:
+            score_text = f"the input of the final {score.pre_activation_function} call in forward (the logit)"
+        layer = self._module(j.module_name)
         if j.call_index is not None:
             score_model = CallRouter(score_model, layer, j.call_index, j.module_name)
             layer = score_model.call_view
         spec = GradCAMSpec(
             layer_name=j.name,
             layer=layer,
-            reshape_transform=layout.transform(),
+            reshape_transform=transform,
             model=score_model,
             grid=layout.grid,
             layout=layout,
             reasons=reasons,
             score=score_text,
             call_index=j.call_index,
+            task=score.task,
+            input_kind=self.model_input.kind,
+            input_shape=tuple(int(n) for n in self.model_input.image.shape),
         )
         return spec, notes
+
+    def _module(self, name: str) -> nn.Module:
+        if self.modules is not None:
+            return self.modules[name]
+        return self.probe.records[name].module
 
     def pitfalls(self, spec: GradCAMSpec | None) -> list[Diagnostic]:
         """The dead layers people usually pick (the last block, the final norm), said up front.
@@ -453,8 +576,9 @@ class GradCAMAnalysis:
         for name in sorted(dead, key=lambda n: (n.count("."), n)):
             if module_kind(self.probe.records[name].module) not in ("block", "norm"):
                 continue
-            parent = name.rsplit(".", 1)[0] if "." in name else None
-            in_a_stack = parent is not None and module_kind(self.probe.records[parent].module) == "container"
+            # The inner model of a wrapper (`module.`, `_orig_mod.`) is not a record: it is the root.
+            parent = self.probe.records.get(name.rsplit(".", 1)[0]) if "." in name else None
+            in_a_stack = parent is not None and module_kind(parent.module) == "container"
             if live.startswith(name + ".") and not in_a_stack:
                 continue  # the backbone as a whole: it holds the live layer too
             if any(name.startswith(block + ".") for block in included):
@@ -482,7 +606,8 @@ class GradCAMAnalysis:
         out = []
         for name, j in self.judgements.items():
             record = self.probe.records[name]
-            layout = (self.confirmer.confirm(j).layout or j.layout) if j.usable and j.layout is not None else j.layout
+            confirmation = self.confirmer.known(j)
+            layout = (confirmation.layout if confirmation else None) or j.layout
             out.append(
                 LayerSummary(
                     name=name,

@@ -15,74 +15,18 @@ Families (the hundreds digit):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from hookdoctor.codes._code import SEVERITY_ORDER, Code, Severity, Template
+from hookdoctor.codes._diagnostic import Diagnostic, sort_diagnostics
+from hookdoctor.codes._registry import REGISTRY, explain, get
 
-from hookdoctor.errors import UnknownCodeError
-
-Severity = Literal["error", "warning", "info"]
-SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
-
-
-@dataclass(frozen=True)
-class Code:
-    """One diagnostic code.
-
-    ``applies`` says how the fix reaches the user, as ruff's fix availability does:
-    ``"spec"`` when the returned spec already carries it, ``"manual"`` when the user has
-    to change something.
-    """
-
-    code: str
-    name: str
-    family: str
-    severity: Severity
-    title: str
-    explanation: str
-    applies: Literal["spec", "manual"] = "manual"
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "code": self.code,
-            "name": self.name,
-            "family": self.family,
-            "severity": self.severity,
-            "title": self.title,
-            "applies": self.applies,
-            "explanation": self.explanation,
-        }
-
-
-def _load() -> dict[str, Code]:
-    from hookdoctor.codes import _attention, _gradcam, _loading
-
-    registry: dict[str, Code] = {}
-    for family in (_gradcam.CODES, _attention.CODES, _loading.CODES):
-        for entry in family:
-            if entry.code in registry:
-                raise RuntimeError(f"diagnostic code {entry.code} is registered twice")
-            registry[entry.code] = entry
-    return dict(sorted(registry.items()))
-
-
-REGISTRY: dict[str, Code] = _load()
-
-
-def get(code: str) -> Code:
-    """The registered code, case-insensitively; ``UnknownCodeError`` with suggestions otherwise."""
-    key = code.strip().upper()
-    if key in REGISTRY:
-        return REGISTRY[key]
-    import difflib
-
-    close = difflib.get_close_matches(key, list(REGISTRY), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise UnknownCodeError(
-        f"There is no diagnostic code {code!r}.{hint} Run `hookdoctor codes` to list every code."
-    )
-
-
-def explain(code: str) -> str:
-    """The long explanation of ``code``: what it means, why it breaks a method, what to do."""
-    entry = get(code)
-    return f"{entry.code} {entry.name} ({entry.severity}, {entry.family})\n{entry.title}\n\n{entry.explanation}\n"
+__all__ = [
+    "REGISTRY",
+    "SEVERITY_ORDER",
+    "Code",
+    "Diagnostic",
+    "Severity",
+    "Template",
+    "explain",
+    "get",
+    "sort_diagnostics",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hookdoctor.codes import Code
+from hookdoctor.codes._code import Code
 
 _ATTN = "attention"
 
@@ -10,11 +10,12 @@ CODES = (
     Code(
         "HD501", "fused-attention-hides-probabilities", _ATTN, "info",
         "The attention runs through a fused kernel, so its probabilities are never materialised.",
-        """transformers 5.x defaults to `sdpa`, timm to `fused_attn=True`; both call
+        """transformers 5.x and recent 4.x default to `sdpa`, timm to `fused_attn=True`; both call
 `torch.nn.functional.scaled_dot_product_attention`, which returns only the attended
 values. `output_attentions=True` then gives an empty tuple (transformers 5) or `None`
-(4.x), hooks on `attn_drop` fire zero times, and rollout over an empty list is all zeros
-or NaN - often with no warning (SigLIP never warns, transformers warns once per process).
+(4.x, for the tuple or per layer; 4.x BEiT re-runs that call eager instead), hooks on
+`attn_drop` fire zero times, and rollout over an empty list is all zeros or NaN - often
+with no warning (SigLIP never warns, transformers warns once per process).
 
 The spec captures the probabilities without switching the implementation: it watches each
 `scaled_dot_product_attention` call and computes `softmax(q k^T * scale + mask)` beside it,
@@ -42,7 +43,8 @@ effective setting is the one each attention module uses at call time, which hook
 reads module by module.
 
 Nothing to do for the spec (it captures either way); to switch for your own code, set
-`model.set_attn_implementation("eager")` (transformers) or `m.fused_attn = False` on every
+`model.set_attn_implementation("eager")` (transformers; before it existed, load with
+`from_pretrained(..., attn_implementation="eager")`) or `m.fused_attn = False` on every
 timm attention module.""",
     ),
     Code(
@@ -110,8 +112,10 @@ The spec's capture runs the model in eval mode and restores the mode afterwards.
 product, so `autograd.grad(score, weights)` fails with "appears to not have been used in
 the graph". Chefer-style or LeGrad methods need the attention that feeds `A @ V`.
 
-Plain rollout works. For gradient-weighted variants recompute `A @ V` from the captured
-queries and keys, as torchcam's LeGrad does.""",
+Plain rollout works, and so does `spec.gradient_rollout(model, x)`: for the duration of
+one forward it recomputes the layer's output as `out_proj(A @ V)` from the per-head
+weights (the same values), which puts `A` on the gradient path. In your own code, do the
+same: recompute `A @ V` from the captured attention, as torchcam's LeGrad does.""",
     ),
     Code(
         "HD511", "compiled-model", _ATTN, "info",
@@ -127,8 +131,8 @@ hookdoctor hooks and runs the original module (`_orig_mod`).""",
         "transformers 5 installs recording hooks on the first output_attentions=True call, and they stay.",
         """In transformers 5.x the first forward with `output_attentions=True` registers forward
 hooks on every attention module to record their outputs, and never removes them: a
-2-layer ViT goes from 0 to 4 hooks. Tools that ask for attentions this way leave the
-user's model changed.
+2-layer ViT goes from 0 to 4 hooks (4.x returns the attentions without hooks). Tools
+that ask for attentions this way leave the user's model changed.
 
 hookdoctor never takes that path: its capture places its own hooks inside a context and
 removes them, and the model's hook dictionaries are checked to be unchanged.""",
@@ -145,5 +149,20 @@ chained, or a token count that no patch grid of the input explains.
 
 Use Grad-CAM, or look at the raw attention of a single layer with
 `hookdoctor.attention.capture_attention(model, [layer])`.""",
+    ),
+    Code(
+        "HD514", "rollout-not-applicable", _ATTN, "info",
+        "Attention rollout does not apply: the model has no image-wide token attention, so only Grad-CAM "
+        "is judged.",
+        """With the default `methods="auto"` (`--method auto`), hookdoctor judges Grad-CAM on every
+model and attention rollout only where the model computes token-to-token attention over the
+image. CNNs, ConvNeXt and MLP-Mixer compute none (HD508), XCiT-style models attend over
+channels (HD507), Swin-style models attend within local windows (HD506): rollout has nothing
+to multiply there, and that is a fact about the model, not a failure. The report's `ok`
+and the exit code then depend on Grad-CAM alone.
+
+Ask for rollout by name (`methods=("rollout",)` or `"all"`, `--method rollout`) to see the
+refusal itself, as an error that makes the report fail.""",
+        applies="spec",
     ),
 )

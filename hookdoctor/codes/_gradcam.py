@@ -3,7 +3,7 @@ flow (HD2xx), layout (HD3xx) and layer naming (HD4xx): the Grad-CAM side."""
 
 from __future__ import annotations
 
-from hookdoctor.codes import Code
+from hookdoctor.codes._code import Code
 
 _MODEL = "model output"
 _SITE = "hook site"
@@ -59,7 +59,11 @@ the probability at 1.0 in float32 and its gradient at about 1e-17. pytorch-grad-
 divides by (max + 1e-7) and the map comes out black.
 
 Explain the logit, not the probability: the spec's `.model` returns the input of the
-final softmax/sigmoid, so its gradients are those of the pre-activation score.""",
+final softmax/sigmoid, so its gradients are those of the pre-activation score. This holds
+for an `nn.Softmax` / `nn.Sigmoid` module and for `F.softmax(...)` / `torch.sigmoid(...)`
+called at the end of `forward`: the autograd graph shows the latter (the score's node is
+`SoftmaxBackward0` or `SigmoidBackward0`), and the spec's `.model` takes the input of that
+call.""",
         applies="spec",
     ),
     Code(
@@ -103,6 +107,96 @@ Keep the patch order: for ViTMAE pass sorted noise,
 `model(pixel_values=x, noise=torch.arange(num_patches).expand(batch, -1))`, with
 `config.mask_ratio = 0.0`; or explain a `ViTModel` loaded from the same weights. Layers
 before the shuffle (the patch embedding) still work.""",
+    ),
+    Code(
+        "HD010", "segmentation-score", _MODEL, "info",
+        "A segmentation model: class k's score is its logits summed over the pixels predicted as k.",
+        """A segmentation model returns a per-pixel class map `[B, K, H, W]` (torchvision FCN and
+DeepLabV3 as `{"out": ...}`, Segformer as `ModelOutput.logits`, a UNet as a plain tensor).
+pytorch-grad-cam takes the argmax of the model's output along its last axis and Captum needs
+a `[B, N]` output for `target=`, so the raw model fails in both: pytorch-grad-cam cannot take
+the `{"out": ...}` dict (or the argmax is a map of indices), and Captum's `target=k`
+indexes a row of pixels.
+
+The spec's `.model` returns `[B, K]`: column k is class k's logits summed over the pixels
+predicted as k on the example input - the score of pytorch-grad-cam's
+`SemanticSegmentationTarget(k, mask)` - so `ClassifierOutputTarget(k)` and Captum's
+`target=k` explain class k's region. `report.target` is the class predicted on the most
+pixels. The masks belong to the example input: inspect again for another image.""",
+        applies="spec",
+    ),
+    Code(
+        "HD011", "embedding-score", _MODEL, "info",
+        "An embedding model: the score is the cosine similarity to a reference embedding.",
+        """A model without class scores (timm `num_classes=0`, `global_pool=''` feature maps, CLIP's
+`image_embeds`, a backbone's `pooler_output`) returns an embedding. Explaining its largest
+dimension, as attribution libraries do by default with the argmax, explains a coordinate
+that means nothing; explaining the similarity of the example to its own embedding gives a
+constant 1 with zero gradient.
+
+The spec's `.model` returns `[B, 1]`: the cosine similarity of the embedding (averaged over
+positions when it is a feature map or a token sequence) to a reference embedding - the
+score of pytorch-grad-cam's `SimilarityToConceptTarget`. Pass `reference=` (the embedding of
+your concept, or of the image you compare to) to explain what you mean. Without one,
+hookdoctor judges the layers with a fixed, seeded random direction (a warning): the layers
+it recommends are the same, but the map explains no concept of yours. `report.target` is 0.""",
+        applies="spec",
+    ),
+    Code(
+        "HD012", "detection-score", _MODEL, "info",
+        "A detection model: each column is the class score of one detection of the example input.",
+        """torchvision detectors (Faster R-CNN, RetinaNet, FCOS in eval mode) return a list of dicts
+with `boxes`, `labels` and `scores`. Neither pytorch-grad-cam's default targets nor Captum
+can index that; pytorch-grad-cam's tutorial writes a `FasterRCNNBoxScoreTarget` by hand.
+
+The spec's `.model` returns `[B, N]`, one column per detection kept on the example input:
+column k is the class score of the detection that matches example detection k (same label,
+IoU above 0.5 - `FasterRCNNBoxScoreTarget`'s matching, without its IoU term, so the score is
+the class score alone), and 0 when none matches. `ClassifierOutputTarget(k)` and Captum's
+`target=k` explain detection k; `report.target` is 0, the top-scoring detection. The
+detections belong to the example input: inspect again for another image.""",
+        applies="spec",
+    ),
+    Code(
+        "HD013", "no-detection", _MODEL, "error",
+        "The detector kept no detection on the example input, so there is nothing to explain.",
+        """A detector with random weights (hookdoctor builds models without weights unless asked),
+or an input with nothing on it, scores every box below the model's threshold
+(torchvision's `box_score_thresh`, 0.05 by default), and returns empty lists. There is no
+detection whose score could be explained, and a map of "no detection" has no gradient.
+
+Pass an example input on which the model detects something (a real image, trained
+weights: `--pretrained`), or build the model with a lower threshold
+(`fasterrcnn_mobilenet_v3_large_fpn(..., box_score_thresh=0.0)`) to judge its layers.""",
+    ),
+    Code(
+        "HD014", "image-text-logits", _MODEL, "info",
+        "An image-text model: the image-text logits (logits_per_image) are explained.",
+        """CLIP-style models (`transformers.CLIPModel`, SigLIP) return both towers' embeddings and
+their similarity: `logits_per_image` `[images, texts]`. The embeddings are not scores: their
+largest dimension means nothing, yet a plain "first 2-D tensor" rule picks one of them.
+
+hookdoctor explains `logits_per_image`: column k is the image's logit against text k, so
+`ClassifierOutputTarget(k)` and Captum's `target=k` explain which image regions match text
+k. Give the texts as `input_ids` (and `attention_mask`) beside `pixel_values` in a dict
+example input; `explain=` names the entry the map covers (by default the only
+floating-point image). Without an example input, hookdoctor builds two fixed token
+sequences to judge the layers with.""",
+        applies="spec",
+    ),
+    Code(
+        "HD015", "three-dimensional-input", _LAYOUT, "info",
+        "A 3-D input (spectrogram or signal): pytorch-grad-cam needs it as a 4-D view.",
+        """pytorch-grad-cam 1.5.7 sizes its map from a 4-D (`[B, C, H, W]`) or 5-D input and raises
+"Invalid input_tensor shape. Only 2D or 3D images are supported." for a spectrogram
+`[B, T, F]` (AST) or a signal `[B, C, L]` (a 1-D CNN); its Grad-CAM also takes only 4-D and
+5-D activations, so a 1-D convolution's `[B, C, L]` fails ("Invalid grads shape").
+
+`spec.as_backend_input(x)` returns the 4-D view (`[B, 1, T, F]`, `[B, C, 1, L]`); the spec's
+`.model` drops that axis again before calling the model, and its `reshape_transform` shows a
+`[B, C, L]` layer as `[B, C, 1, L]`. Captum takes `x` itself: `spec.captum().attribute(x,
+target=...)` is `[B, 1, *spec.grid]`.""",
+        applies="spec",
     ),
     Code(
         "HD101", "unknown-layer", _NAMING, "error",
@@ -216,6 +310,26 @@ Explain the class the model predicts, explain the negative score
 not empty for this class and says so.""",
     ),
     Code(
+        "HD205", "no-second-order-gradient", _GRAD, "error",
+        "ShapleyCAM needs the second derivative of the score at the layer, and this model has none.",
+        """ShapleyCAM weighs each channel by its gradient minus half a Hessian-vector product:
+it differentiates the layer's gradient once more. Every operation between the layer and
+the score then needs a double backward. Custom autograd functions marked
+`@once_differentiable` (fused CUDA kernels, deformable convolution and attention, many
+memory-efficient activations) do not have one, and pytorch-grad-cam fails with "trying
+to differentiate twice a function that was marked with @once_differentiable" or
+"derivative for ... is not implemented".
+
+Fused scaled-dot-product attention is not one of these cases: its CPU flash kernel has no
+double backward, but the math kernel has, and the spec's ShapleyCAM kwargs run the model
+under `sdpa_kernel(SDPBackend.MATH)`. hookdoctor checks the second derivative once on an
+input of the example's shape before it hands out ShapleyCAM kwargs.
+
+Use a first-order method on this layer (GradCAM, HiResCAM, GradCAMElementWise), hook a
+layer after that operation, or replace it by one with a double backward (torchvision's
+`deform_conv2d`, for example, has none).""",
+    ),
+    Code(
         "HD301", "token-layout", _LAYOUT, "info",
         "The layer's output is a token sequence [B, T, C], which needs a reshape to [B, C, H, W].",
         """Grad-CAM needs channels in dim 1 and the image grid in dims 2 and 3. Given
@@ -294,6 +408,18 @@ grid - so the spec is handed out, but its map is coarser than the grid suggests.
 
 Prefer an earlier layer if you need sharp maps (`--layer`), or check the map on a batch
 of two inputs.""",
+    ),
+    Code(
+        "HD308", "grid-too-small-for-fem", _LAYOUT, "error",
+        "FEM's k-sigma rule cannot keep any cell of a grid this small, so its map is all zeros.",
+        """FEM (pytorch-grad-cam's `FEM`, default `k=2`) keeps, in each channel, the cells whose
+activation exceeds the channel's mean by k standard deviations over the grid. On a grid
+of n cells no value can exceed the mean by more than sqrt(n - 1) standard deviations (one
+cell high, the others equal), so with n <= k^2 + 1 - a 2x2 grid, the last stage of a
+ResNet on a small input - every channel is empty and FEM returns zeros, without an error.
+
+Use a layer with a finer grid (an earlier layer, or a larger input: the grid grows with
+it), pass a smaller `k` yourself, or use another method of the family on this layer.""",
     ),
     Code(
         "HD401", "several-target-layers", _NAMING, "warning",

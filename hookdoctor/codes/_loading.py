@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hookdoctor.codes import Code
+from hookdoctor.codes._code import Code
 
 _LOAD = "loading"
 

@@ -35,48 +35,62 @@ import torch.nn.functional as F
 from hookdoctor.geometry.layout import Layout
 
 
-def probe_cells(grid: tuple[int, int], inset: bool = True) -> list[tuple[int, int]]:
+def probe_cells(grid: tuple[int, ...], inset: bool = True) -> list[tuple[int, ...]]:
     """The top-right and bottom-left cells; with ``inset``, one cell in where the grid allows.
 
     Two cells on the anti-diagonal tell every wrong layout the test is for: a mirror in
     either axis, a transposition and a 180-degree turn each send one of them to another
     corner, and a wrong prefix count or grid width shifts both. Each cell costs one
-    backward pass, so two is what the test pays. Convolutions are probed one cell in (zero
-    padding clips the border cells' receptive fields); tokens at the very corners, because
-    cells one in are fixed points of the 2x2 mask-unit order (Hiera), which the corners are not.
+    backward pass, so two is what the test pays. On a video grid (T, H, W) the two cells
+    are also at opposite ends in time; on a signal (L,) they are its two ends.
+    Convolutions are probed one cell in (zero padding clips the border cells' receptive
+    fields); tokens at the very corners, because cells one in are fixed points of the 2x2
+    mask-unit order (Hiera), which the corners are not.
     """
-    h, w = grid
-    top, left = (1 if inset and h > 3 else 0), (1 if inset and w > 3 else 0)
-    return sorted({(top, w - 1 - left), (h - 1 - top, left)})
+    margins = [1 if inset and g > 3 else 0 for g in grid]
+    low = list(margins)
+    high = [g - 1 - m for g, m in zip(grid, margins, strict=True)]
+    first = (*low[:-1], high[-1])
+    second = (*high[:-1], low[-1])
+    return sorted({first, second})
 
 
-def _cells(layout: Layout) -> list[tuple[int, int]]:
-    return probe_cells(layout.grid, inset=layout.kind != "tokens")
+def _cells(layout: Layout) -> list[tuple[int, ...]]:
+    return probe_cells(tuple(layout.grid), inset=layout.kind != "tokens")
 
 
 # The relaxed test's margin: probe cells' centres of mass must be this many cells apart, in order.
 ORDER_MARGIN = 0.5
 
+_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
-def cell_energies(output: torch.Tensor, image: torch.Tensor, layout: Layout) -> list[torch.Tensor] | None:
-    """Input-gradient energy ``[h, w]`` (pooled to the grid) of each probe cell; None when one has none.
+
+def cell_energies(
+    output: torch.Tensor, image: torch.Tensor, layout: Layout, *, channel_axis: int | None = 1
+) -> list[torch.Tensor] | None:
+    """Input-gradient energy (pooled to the grid) of each probe cell; None when one has none.
 
     One backward per probe cell (``probe_cells``). ``output`` must still be attached to the
-    graph that produced it from ``image`` (the probe keeps that graph).
+    graph that produced it from ``image`` (the probe keeps that graph). ``channel_axis`` is
+    the input's channel axis, None for a spectrogram ``[B, T, F]``, whose every axis but the
+    batch is positional.
     """
     transform = layout.transform()
-    fmap = transform(output) if transform is not None else output
-    h, w = layout.grid
-    if tuple(fmap.shape[-2:]) != (h, w):
+    fmap = transform(output) if transform is not None and layout.kind != "NCL" else output
+    grid = tuple(layout.grid)
+    if tuple(fmap.shape[2:]) != grid:
         return None
     mix = torch.randn(fmap.shape[1], generator=torch.Generator().manual_seed(1)).to(fmap)
     energies = []
-    for i, j in _cells(layout):
+    for cell in _cells(layout):
+        index: tuple[int | slice, ...] = (0, slice(None), *cell)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad((fmap[0, :, i, j] * mix).sum(), image, retain_graph=True, allow_unused=True)
+            (grad,) = torch.autograd.grad((fmap[index] * mix).sum(), image, retain_graph=True, allow_unused=True)
         if grad is None:
             return None
-        energy = F.adaptive_avg_pool2d(grad[:1].abs().sum(1, keepdim=True), (h, w))[0, 0]
+        magnitude = grad[:1].abs()
+        magnitude = magnitude.sum(channel_axis, keepdim=True) if channel_axis is not None else magnitude[:, None]
+        energy = _POOL[len(grid)](magnitude, grid)[0, 0]  # type: ignore[arg-type]
         if not bool(energy.max() > 0):
             return None
         energies.append(energy)
@@ -92,19 +106,23 @@ def common_mode_removed(energies: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def peaks_at_cells(energies: list[torch.Tensor], layout: Layout) -> bool:
     """Every probe cell's energy peaks at that cell (exactly for tokens, within one cell otherwise)."""
-    h, w = layout.grid
+    grid = tuple(layout.grid)
     tolerance = 0 if layout.kind == "tokens" else 1
-    cells = _cells(layout)
-    peaks = [divmod(int(energy.argmax()), w) for energy in energies]
-    return all(abs(r - i) <= tolerance and abs(c - j) <= tolerance for (i, j), (r, c) in zip(cells, peaks, strict=True))
+    peaks = [tuple(int(i) for i in torch.unravel_index(energy.argmax(), grid)) for energy in energies]
+    return all(
+        all(abs(p - c) <= tolerance for p, c in zip(peak, cell, strict=True))
+        for cell, peak in zip(_cells(layout), peaks, strict=True)
+    )
 
 
 def keeps_order(energies: list[torch.Tensor], layout: Layout, margin: float = ORDER_MARGIN) -> bool:
     """Cells further down (right) have their input centre of mass further down (right), by ``margin`` cells.
 
     Without the margin, two centres that land almost on top of each other pass or fail by
-    chance; with it, only a grid whose order the gradients really show passes.
+    chance; with it, only a grid whose order the gradients really show passes. Only for 2-D grids.
     """
+    if len(layout.grid) != 2:
+        return False
     cells = _cells(layout)
     centres = [_centre_of_mass(e) for e in energies]
     for (i1, j1), (r1, c1) in zip(cells, centres, strict=True):
@@ -114,12 +132,19 @@ def keeps_order(energies: list[torch.Tensor], layout: Layout, margin: float = OR
     return True
 
 
-def lines_up(output: torch.Tensor, image: torch.Tensor, layout: Layout, *, strict: bool = True) -> bool:
+def lines_up(
+    output: torch.Tensor,
+    image: torch.Tensor,
+    layout: Layout,
+    *,
+    strict: bool = True,
+    channel_axis: int | None = 1,
+) -> bool:
     """True when every probe cell's input gradient peaks at that cell, its common part removed.
 
     With ``strict=False``, keeping the grid's order (with a margin) is enough.
     """
-    energies = cell_energies(output, image, layout)
+    energies = cell_energies(output, image, layout, channel_axis=channel_axis)
     if energies is None:
         return False
     if peaks_at_cells(energies, layout) or peaks_at_cells(common_mode_removed(energies), layout):
@@ -147,10 +172,11 @@ def _centre_of_mass(energy: torch.Tensor) -> tuple[float, float]:
 
 
 def gradcam_map(activation: torch.Tensor, weights: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, H, W]``, from the activation and channel weights ``[B, C]``."""
+    """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, *grid]``, from the activation and channel weights ``[B, C]``."""
     transform = layout.transform()
-    acts = transform(activation) if transform is not None else activation
-    return torch.relu((weights[:, :, None, None] * acts.detach()).sum(dim=1))
+    acts = transform(activation) if transform is not None and layout.kind != "NCL" else activation
+    weights = weights.reshape(*weights.shape, *([1] * (acts.dim() - 2)))
+    return torch.relu((weights * acts.detach()).sum(dim=1))
 
 
 def is_working_map(cam: torch.Tensor) -> bool:

@@ -16,10 +16,13 @@ the same report on every run. Nothing is downloaded unless ``allow_download`` is
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
 import os
+import pickle
+import re
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hookdoctor.errors import MissingDependencyError, ModelLoadError
+from hookdoctor.errors import MissingDependencyError, ModelLoadError, shorten
 
 # Weights are random unless --pretrained; a fixed seed makes reports reproducible.
 RANDOM_WEIGHTS_SEED = 0
@@ -58,21 +61,37 @@ class LoadedModel:
     source: str
     kind: str
     input_shape: tuple[int, ...] | None = None
+    example_input: Any = None  # what a factory returned beside the model: (model, inputs)
 
 
-def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
-    """Build the model a MODEL string names; raise ModelLoadError / MissingDependencyError if it cannot."""
+def load_model(spec: str, options: LoadOptions | None = None, *, on_meta: bool = False) -> LoadedModel:
+    """Build the model a MODEL string names; raise ModelLoadError / MissingDependencyError if it cannot.
+
+    ``on_meta`` builds it on the meta device (shapes, no weights, no memory): every
+    parameter created while building lands there - torchvision's and timm's factories,
+    transformers' ``from_config`` and a user's factory alike. Trained weights are never
+    loaded then (there is nowhere to put them). A ``.pt`` file is read as it is.
+    """
     options = options or LoadOptions()
+    if not on_meta:
+        return _load(spec, options)
+    with torch.device("meta"):
+        loaded = _load(spec, dataclasses.replace(options, pretrained=False))
+    return loaded
+
+
+def _load(spec: str, options: LoadOptions) -> LoadedModel:
     spec = spec.strip()
     if not spec:
         raise ModelLoadError("MODEL is empty. " + _FORMS_HINT)
     prefix, _, rest = spec.partition(":")
-    if prefix == "torchvision" and rest:
+    scheme = prefix.lower()  # TORCHVISION:resnet18 names the same source as torchvision:resnet18
+    if scheme == "torchvision" and rest:
         return _load_torchvision(rest, options)
-    if prefix == "timm" and rest:
+    if scheme == "timm" and rest:
         return _load_timm(rest, options)
-    if prefix == "hf" and rest:
-        return _load_hf(rest, options, source=spec)
+    if scheme == "hf" and rest:
+        return _load_hf(rest, options, source=f"hf:{rest}")
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -85,6 +104,8 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         return _load_factory_file(Path(location).expanduser(), factory, spec)
     if sep and location and factory and _looks_like_module_path(location):
         return _load_factory_module(location, factory, spec)
+    if sep and location and not factory:
+        raise ModelLoadError(f"MODEL {spec!r} names no model after the colon. {_FORMS_HINT}")
     if path.exists():
         raise ModelLoadError(
             f"MODEL {spec!r} is a file hookdoctor cannot load: it is neither a .pt/.pth file nor a "
@@ -100,6 +121,18 @@ _FORMS_HINT = (
     "MODEL is one of torchvision:NAME, timm:NAME, hf:ID, a folder with an HF config.json, "
     "path/to/file.py:FACTORY, package.module:FACTORY or a .pt file."
 )
+
+
+SCHEMES = ("torchvision", "timm", "hf")
+
+
+def _unknown_scheme(location: str) -> str:
+    """A hint when ``location`` (before the colon) looks like a misspelt scheme rather than a module."""
+    if "." in location:
+        return ""
+    close = difflib.get_close_matches(location.lower(), SCHEMES, n=1, cutoff=0.6)
+    did_you_mean = f"Did you mean {close[0]}:? " if close else ""
+    return f"{did_you_mean}The known schemes are {', '.join(s + ':' for s in SCHEMES)} (any case). "
 
 
 def _did_you_mean_source(spec: str) -> str:
@@ -277,6 +310,16 @@ def _load_hf(model_id: str, options: LoadOptions, *, source: str) -> LoadedModel
                 "--allow-download to fetch them, or drop --pretrained: structure checks work on random "
                 "weights."
             ) from exc
+        except Exception as exc:
+            if not options.pretrained:
+                raise
+            # A corrupt or truncated pytorch_model.bin / model.safetensors: torch's UnpicklingError
+            # advises weights_only=False, which is not the fix.
+            raise ModelLoadError(
+                f"The weight file of {source} could not be read ({_torch_load_reason(exc)}): it is corrupt, "
+                "truncated or not a weight file. Download it again or rewrite it with save_pretrained; or "
+                "drop --pretrained: structure checks work on random weights."
+            ) from exc
         return LoadedModel(model.eval(), source, "hf")
     raise ModelLoadError(
         f"transformers cannot build a vision model from the config of {source} "
@@ -327,7 +370,15 @@ def _load_torch_file(path: Path, options: LoadOptions) -> LoadedModel:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        if not _is_weights_only_refusal(exc):
+        blocked = _blocked_global(exc)
+        if blocked is not None and not options.trust_pickle:
+            raise ModelLoadError(
+                f"{path} is a torch.save archive that calls {blocked} when unpickled, a function torch's safe "
+                "loader blocks: it can run commands on this machine, and no model file needs it. Do not load "
+                "this file unless you made it; if you did and trust it, --trust-pickle unpickles it (and runs "
+                "that call)."
+            ) from exc
+        if blocked is None and not _is_weights_only_refusal(exc):
             raise ModelLoadError(
                 f"{path} could not be read by torch.load ({_torch_load_reason(exc)}). Check that it was "
                 "written by torch.save and is not truncated."
@@ -359,22 +410,29 @@ def _is_torchscript_archive(path: Path) -> bool:
         )
 
 
-def _is_weights_only_refusal(exc: Exception) -> bool:
-    import pickle
+def _blocked_global(exc: Exception) -> str | None:
+    """The function a pickle wanted to call that torch blocks outright (``posix.system``), if that was it."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    found = re.search(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", str(exc))
+    return found.group(1) if found else None
 
+
+def _is_weights_only_refusal(exc: Exception) -> bool:
     # The safe unpickler names the class it refused; a corrupt file fails differently.
     return isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
 
 
 def _torch_load_reason(exc: Exception) -> str:
-    """torch's own text advises weights_only=False, which is not the fix for a corrupt file."""
-    for line in str(exc).splitlines():
-        if "WeightsUnpickler error:" in line:
-            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
-            if reason:
-                return reason
-    text = _first_line(exc)
-    return "not a torch.save archive" if text.startswith("Weights only load failed") else text
+    """Why torch.load failed, without torch's advice to pass weights_only=False (not the fix for a bad file)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        reason = after[0].strip() if after else ""
+        return f"its pickle is not valid: {reason}" if reason else "its pickle is not valid"
+    if _first_line(exc).startswith("Weights only load failed"):
+        return "its pickle is not valid"
+    return _first_line(exc)
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -399,40 +457,76 @@ def _load_factory_file(path: Path, factory: str, source: str) -> LoadedModel:
             f"{path} cannot be imported as a Python file. Check that it is a .py source file."
         )
     module = importlib.util.module_from_spec(spec)
-    # The file's own folder first on sys.path, so it can import its neighbours as `python file.py` would.
-    sys.path.insert(0, str(path.resolve().parent))
     sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ModelLoadError(
-            f"Importing {path} raised {_describe(exc)}. Fix the file so that `python {path}` runs, "
-            "then rerun."
-        ) from exc
-    finally:
-        sys.path.remove(str(path.resolve().parent))
-    return _call_factory(module, factory, source)
+    # The file's own folder first on sys.path, so it can import its neighbours as `python file.py` would.
+    with _as_script(str(path), str(path.resolve().parent)):
+        try:
+            spec.loader.exec_module(module)
+        except SystemExit as exc:
+            sys.modules.pop(module_name, None)
+            raise ModelLoadError(_exit_on_import_message(str(path), exc)) from None
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise ModelLoadError(
+                f"Importing {path} raised {_describe(exc)}. Fix the file so that `python {path}` runs, "
+                "then rerun."
+            ) from exc
+        return _call_factory(module, factory, source)
 
 
 def _load_factory_module(module_path: str, factory: str, source: str) -> LoadedModel:
-    try:
-        module = importlib.import_module(module_path)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_path.startswith(exc.name):
+    # The current folder on sys.path, as `python -m` puts it: the `hookdoctor` console script
+    # starts with its own bin folder there instead, and would not find a package next to the user.
+    with _as_script(module_path, os.getcwd()):
+        try:
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_path.startswith(exc.name):
+                raise ModelLoadError(
+                    f"No module named {module_path!r} can be imported (from {Path.cwd()}). "
+                    f"{_unknown_scheme(module_path)}Install the package, run from the folder that holds "
+                    "it, or give the file instead: path/to/file.py:FACTORY."
+                ) from exc
             raise ModelLoadError(
-                f"No module named {module_path!r} can be imported (from {Path.cwd()}). Install the "
-                "package, run "
-                "from the folder that holds it, or give the file instead: path/to/file.py:FACTORY."
+                f"Importing {module_path} raised {_describe(exc)}. Install what it needs."
             ) from exc
-        raise ModelLoadError(
-            f"Importing {module_path} raised {_describe(exc)}. Install what it needs."
-        ) from exc
-    except Exception as exc:
-        raise ModelLoadError(
-            f"Importing {module_path} raised {_describe(exc)}. Fix the module, then rerun."
-        ) from exc
-    return _call_factory(module, factory, source)
+        except SystemExit as exc:
+            raise ModelLoadError(_exit_on_import_message(module_path, exc)) from None
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Importing {module_path} raised {_describe(exc)}. Fix the module, then rerun."
+            ) from exc
+        return _call_factory(module, factory, source)
+
+
+@contextmanager
+def _as_script(argv0: str, folder: str) -> Iterator[None]:
+    """Run user code as ``python file.py`` would: its folder on sys.path, and no command-line arguments.
+
+    Without this, a script's top-level ``parse_args()`` would parse hookdoctor's own arguments.
+    """
+    saved_argv = sys.argv
+    sys.argv = [argv0]
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _exit_code_words(exc: SystemExit) -> str:
+    return f"sys.exit({exc.code!r})" if exc.code is not None else "sys.exit()"
+
+
+def _exit_on_import_message(what: str, exc: SystemExit) -> str:
+    return (
+        f"Importing {what} ended the process with {_exit_code_words(exc)}: its top-level code runs as a "
+        "script (argparse's parse_args() exits this way when the script's own arguments are missing; "
+        "sys.exit(main()) always does). Put that code under `if __name__ == \"__main__\":` so that "
+        "importing the file only defines the factory, then rerun."
+    )
 
 
 def _call_factory(module: Any, factory: str, source: str) -> LoadedModel:
@@ -446,14 +540,44 @@ def _call_factory(module: Any, factory: str, source: str) -> LoadedModel:
     try:
         with _seeded():
             value = function()
+    except SystemExit as exc:
+        raise ModelLoadError(
+            f"{source}: calling {factory}() ended the process with {_exit_code_words(exc)}. A factory must "
+            "return the nn.Module; move the sys.exit (or the argparse parse_args() that exits) out of it, "
+            "under `if __name__ == \"__main__\":`."
+        ) from None
     except Exception as exc:
         raise ModelLoadError(
             f"{source}: calling {factory}() raised {_describe(exc)}. Fix the factory so that it builds the "
             "model with no arguments (rerun with --debug for the traceback)."
         ) from exc
+    example_input = None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], nn.Module):
+        # A multi-input model (CLIP: pixel_values and input_ids): the factory returns (model, inputs).
+        value, example_input = value
     model = _check_module(value, f"{source}")
-    shape = getattr(function, "input_shape", None) or getattr(module, INPUT_SHAPE_ATTRIBUTE, None)
-    return LoadedModel(model.eval(), source, "factory", tuple(shape) if shape else None)
+    stated = getattr(function, "input_shape", None) or getattr(module, INPUT_SHAPE_ATTRIBUTE, None)
+    return LoadedModel(
+        model.eval(), source, "factory", _stated_input_shape(stated, source, factory), example_input
+    )
+
+
+def _stated_input_shape(stated: Any, source: str, factory: str) -> tuple[int, ...] | None:
+    """The input shape a factory states, checked like inspect's own input_shape."""
+    from hookdoctor.arguments import SHAPES, parse_input_shape
+    from hookdoctor.errors import InputError
+
+    if stated is None:
+        return None
+    try:
+        return parse_input_shape(stated)
+    except InputError:
+        raise ModelLoadError(
+            f"{source} states its input shape as {shorten(repr(stated), 80)} ({factory}.input_shape or "
+            f"{INPUT_SHAPE_ATTRIBUTE} in its module), which is not three, four or five positive whole sizes "
+            f"({SHAPES}). "
+            f"Write e.g. {factory}.input_shape = (1, 3, 224, 224), or remove it and pass --input-shape."
+        ) from None
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -468,7 +592,7 @@ def _first_line(exc: BaseException | None) -> str:
     if exc is None:
         return "no detail"
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return shorten(text[0], 500) if text else type(exc).__name__
 
 
 def _describe(exc: BaseException) -> str:

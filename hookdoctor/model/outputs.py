@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-# Fields of a transformers ModelOutput that hold a score, most preferred first.
-SCORE_FIELDS = ("logits", "image_embeds", "pooler_output")
+# Fields of a transformers ModelOutput that hold a score, most preferred first: CLIP-style
+# models return their image-text logits beside both towers' embeddings.
+SCORE_FIELDS = ("logits_per_image", "logits", "image_embeds", "pooler_output")
 
 
 def describe(value: Any, depth: int = 0) -> str:
@@ -65,17 +66,17 @@ class OutputSelector:
 def find_score(output: Any) -> tuple[OutputSelector, list[str]] | None:
     """Where the score is in ``output``, and the other 2-D candidates that were passed over."""
     if isinstance(output, torch.Tensor):
-        return OutputSelector(), []
+        # A 0-d or 1-D tensor (a summed loss, a squeezed batch) has no [batch, classes] score.
+        return (OutputSelector(), []) if output.dim() >= 2 else None
     candidates: list[tuple[OutputSelector, str]] = []
     if isinstance(output, Mapping):
         is_model_output = hasattr(output, "to_tuple")  # transformers ModelOutput (attribute access works)
-        for name in SCORE_FIELDS:
-            value = output.get(name)
-            if isinstance(value, torch.Tensor) and value.dim() == 2:
-                return OutputSelector("attr" if is_model_output else "key", name), []
         for key, value in output.items():
             if isinstance(value, torch.Tensor) and value.dim() == 2:
                 candidates.append((OutputSelector("attr" if is_model_output else "key", key), str(key)))
+        preferred = [name for name in SCORE_FIELDS if any(label == name for _, label in candidates)]
+        if preferred:  # the preferred field first; the other 2-D tensors are the heads passed over (HD002)
+            candidates.sort(key=lambda item: item[1] != preferred[0])
     elif isinstance(output, (tuple, list)):
         for index, value in enumerate(output):
             if isinstance(value, torch.Tensor) and value.dim() == 2:
@@ -85,7 +86,7 @@ def find_score(output: Any) -> tuple[OutputSelector, list[str]] | None:
     return candidates[0][0], [label for _, label in candidates[1:]]
 
 
-def select_output(output: Any, key: str | int) -> OutputSelector:
+def select_output(output: Any, key: str | int, ranks: tuple[int, ...] = (2,)) -> OutputSelector:
     """The selector for the score the user named (``output=``), or InputError saying what exists."""
     from hookdoctor.errors import InputError
 
@@ -101,9 +102,10 @@ def select_output(output: Any, key: str | int) -> OutputSelector:
         available = f"indices 0..{len(output) - 1}"
     else:
         raise InputError(f"output={key!r} was given, but the model returns {describe(output)}.")
-    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+    if not isinstance(value, torch.Tensor) or value.dim() not in ranks:
         raise InputError(
-            f"output={key!r} does not name a [batch, classes] tensor in the model's {describe(output)}; "
+            f"output={key!r} does not name a score tensor ([batch, classes], a segmentation map or an embedding) "
+            f"in the model's {describe(output)}; "
             f"choose one of: {available}."
         )
     return OutputSelector(how, key)

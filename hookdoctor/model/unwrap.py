@@ -46,3 +46,22 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, str, list[str]]:
         wrappers.append(type(inner).__name__)
         prefix += attr + "."
         inner = wrapped
+
+
+def without_compile(model: nn.Module) -> nn.Module:
+    """The eager module inside the innermost ``torch.compile`` wrapper, or ``model`` when it has none.
+
+    A compiled forward's backward is compiled too, with buffers donated on the assumption
+    that it runs once; pytorch-grad-cam backpropagates with ``retain_graph=True``, which that
+    backward refuses. The module that ``torch.compile`` wrapped computes the same function.
+    """
+    eager = model
+    current = model
+    while True:
+        wrapped = getattr(current, "_orig_mod", None) if type(current).__name__ == "OptimizedModule" else None
+        if isinstance(wrapped, nn.Module):
+            current = eager = wrapped
+        elif isinstance(current, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            current = current.module
+        else:
+            return eager

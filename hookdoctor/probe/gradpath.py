@@ -45,6 +45,9 @@ class GradGraph:
         trainable = {id(p) for p in parameters if p.requires_grad}
         trainable_leaves: list[int] = []
         self._leaves: dict[int, int] = {}  # id(leaf tensor) -> its AccumulateGrad node
+        # (op, dim, index, input sizes) of each single-element pick
+        self._select_nodes: dict[int, tuple[str, int, int, tuple[int, ...]]] = {}
+        self._unpicked: dict[int, set[int]] = {}  # num_tokens -> nodes reached without a token pick
         stack = [score.grad_fn] if score.grad_fn is not None else []
         visited: dict[int, Any] = {}
         while stack:
@@ -53,6 +56,13 @@ class GradGraph:
                 continue
             visited[id(fn)] = fn
             self.graph.add_node(id(fn), op=type(fn).__name__)
+            if type(fn).__name__.startswith("SelectBackward"):
+                # What was picked, for the structure-only cut-off test (the meta device has no values).
+                picked: Any = fn  # SelectBackward0 keeps its dim, index and input sizes as saved attributes
+                self._select_nodes[id(fn)] = (
+                    type(fn).__name__, int(picked._saved_dim), int(picked._saved_index),
+                    tuple(int(n) for n in picked._saved_self_sym_sizes),
+                )
             variable = getattr(fn, "variable", None)
             if variable is not None:
                 self._leaves[id(variable)] = id(fn)
@@ -63,10 +73,16 @@ class GradGraph:
                     continue
                 self.graph.add_edge(id(fn), id(next_fn))
                 stack.append(next_fn)
-        reversed_view = self.graph.reverse(copy=False)
+        # One walk up from every trainable leaf at once (per-leaf walks cost a graph each:
+        # seconds on a 1B-parameter model with hundreds of weights).
         self._above_trainable: set[int] = set(trainable_leaves)
-        for leaf in trainable_leaves:
-            self._above_trainable |= nx.descendants(reversed_view, leaf)
+        frontier = list(trainable_leaves)
+        while frontier:
+            node = frontier.pop()
+            for parent in self.graph.predecessors(node):
+                if parent not in self._above_trainable:
+                    self._above_trainable.add(parent)
+                    frontier.append(parent)
         self._above_leaf: dict[int, set[int]] = {}
 
     def reaches(self, grad_fn: Any) -> bool:
@@ -89,6 +105,49 @@ class GradGraph:
         path = nx.shortest_path(self.graph, self.root, id(grad_fn))
         ops = [self.graph.nodes[n]["op"] for n in path[1:-1]]
         return [op for op in ops if op.startswith(_PICKS)]
+
+    def _token_selects(self, num_tokens: int) -> list[tuple[str, int]]:
+        # A negative index counts from the end: normalised, so that "the CLS token" reads 0.
+        return [
+            (op, index % num_tokens)
+            for op, dim, index, sizes in self._select_nodes.values()
+            if len(sizes) == 3 and dim == 1 and sizes[1] == num_tokens
+        ]
+
+    def reaches_without_token_picks(self, grad_fn: Any, num_tokens: int) -> bool:
+        """True when a path from the score reaches ``grad_fn`` without picking single tokens of a sequence.
+
+        With no values (the meta device), this stands for "the gradient reaches every token":
+        a path through a CLS pick lands on that token alone.
+        """
+        if not self.reaches(grad_fn) or self.root is None:
+            return False
+        if num_tokens not in self._unpicked:
+            blocked = set(self._token_select_nodes(num_tokens))
+            seen = {self.root}
+            frontier = [self.root]
+            while frontier:
+                node = frontier.pop()
+                for child in self.graph.successors(node):
+                    if child not in seen and child not in blocked:
+                        seen.add(child)
+                        frontier.append(child)
+            self._unpicked[num_tokens] = seen
+        return id(grad_fn) in self._unpicked[num_tokens]
+
+    def _token_select_nodes(self, num_tokens: int) -> list[int]:
+        return [
+            node for node, (_, dim, _, sizes) in self._select_nodes.items()
+            if len(sizes) == 3 and dim == 1 and sizes[1] == num_tokens
+        ]
+
+    def token_picks(self, num_tokens: int) -> tuple[str, ...]:
+        """The picks of one token out of a ``[B, num_tokens, C]`` sequence below the score (a CLS pick)."""
+        return tuple(dict.fromkeys(op for op, _ in self._token_selects(num_tokens)))
+
+    def picked_tokens(self, num_tokens: int) -> tuple[int, ...]:
+        """Which tokens of a ``[B, num_tokens, C]`` sequence those picks take, in order."""
+        return tuple(sorted({index for _, index in self._token_selects(num_tokens)}))
 
     def _ancestors_of_leaf(self, leaf: torch.Tensor) -> set[int] | None:
         """The graph's nodes computed from ``leaf`` (None when the score does not depend on it)."""

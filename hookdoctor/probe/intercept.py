@@ -119,11 +119,12 @@ def _as_4d(probs: torch.Tensor, heads: int) -> torch.Tensor:
 class _AttentionMode(TorchFunctionMode):
     """Reports every attention op made inside the model to ``sink``; returns what the op returns."""
 
-    def __init__(self, stack: list[_Frame], sink: EventSink, *, on_path: bool) -> None:
+    def __init__(self, stack: list[_Frame], sink: EventSink, *, on_path: bool, mha_on_path: bool = False) -> None:
         super().__init__()
         self._stack = stack
         self._sink = sink
         self._keep_on_path = on_path
+        self._mha_on_path = mha_on_path
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -179,7 +180,13 @@ class _AttentionMode(TorchFunctionMode):
         heads = int(output.shape[1]) if output.dim() == 4 else int(getattr(module, "num_heads", 1) or 1)
         if output.dim() == 3 and output.shape[0] % heads:
             heads = 1
-        self._sink(AttentionEvent("softmax", name, _as_4d(output, heads), heads, output.requires_grad, shape))
+        probs = _as_4d(output, heads)
+        self._sink(AttentionEvent("softmax", name, probs, heads, output.requires_grad, shape))
+        if probs is not output:
+            # A softmax over [B*heads, T, T] (transformers 4.x CLIP/SigLIP eager) is recorded as a
+            # reshaped view; hand the caller a view of that view (same values, same storage) so
+            # the recorded tensor is the one the forward goes on with and gradients reach it.
+            return probs.reshape(output.shape)
         return output
 
     def _mha(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -195,13 +202,54 @@ class _AttentionMode(TorchFunctionMode):
             heads = int(bound.arguments["num_heads"])
             probs = weights if weights.dim() == 4 else weights.unsqueeze(0)
             dropout = float(bound.arguments["dropout_p"]) if bound.arguments["training"] else 0.0
-            # The returned weights are a view made after the value product: never on the path.
-            self._sink(AttentionEvent("mha", name, probs, heads, False, shape, dropout, wanted_weights))
+            # The returned weights are a view made after the value product: not on the path,
+            # unless asked for (gradient-weighted rollout), when A @ V is recomputed from them.
+            on_path = False
+            if self._mha_on_path and torch.is_grad_enabled() and output.requires_grad:
+                recomputed = _mha_output_from(probs, bound.arguments)
+                if recomputed is not None:
+                    output = output.detach() + (recomputed - recomputed.detach())
+                    on_path = True
+            self._sink(AttentionEvent("mha", name, probs, heads, on_path, shape, dropout, wanted_weights))
         if not wanted_weights:
             return output, None
         if wanted_average and weights is not None:
             weights = weights.mean(dim=-3)
         return output, weights
+
+
+def _mha_output_from(probs: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor | None:
+    """``multi_head_attention_forward``'s output recomputed as ``out_proj(probs @ V)``, or None.
+
+    The straight-through form (the kernel's value, this gradient) puts ``probs`` on the
+    gradient path, as an eager implementation has it. Variants whose value path is more
+    than one projection (added key/value biases, zero attention, static values, dropout in
+    training, unbatched calls) are left off the path rather than recomputed wrongly.
+    """
+    a = arguments
+    value: torch.Tensor = a["value"]
+    if (
+        value.dim() != 3
+        or probs.dim() != 4
+        or a["bias_v"] is not None
+        or a["add_zero_attn"]
+        or a["static_v"] is not None
+        or (a["training"] and float(a["dropout_p"]) > 0.0)
+    ):
+        return None
+    embed = int(a["embed_dim_to_check"])
+    heads = int(a["num_heads"])
+    bias = a["in_proj_bias"]
+    if a["use_separate_proj_weight"]:
+        weight = a["v_proj_weight"]
+    else:
+        weight = a["in_proj_weight"][2 * embed :]
+    v = F.linear(value, weight, bias[2 * embed :] if bias is not None else None)  # [S, N, E]
+    sources, batch = v.shape[0], v.shape[1]
+    v = v.reshape(sources, batch, heads, embed // heads).permute(1, 2, 0, 3)  # [N, heads, S, head_dim]
+    context = probs.to(v.dtype) @ v  # [N, heads, L, head_dim]
+    context = context.permute(2, 0, 1, 3).reshape(context.shape[2], batch, embed)  # [L, N, E]
+    return F.linear(context, a["out_proj_weight"], a["out_proj_bias"])
 
 
 def _first_tensor_shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
@@ -218,12 +266,15 @@ def intercepting(
     *,
     on_path: bool = True,
     module_sink: Callable[[str, nn.Module, tuple[Any, ...], Any], None] | None = None,
+    mha_on_path: bool = False,
 ) -> Iterator[None]:
     """Within the block, every attention op run inside ``model`` is reported to ``sink``.
 
     ``module_sink(name, module, args, output)`` is called after each module's forward when
     given: the probe records every module call through it, so one set of hooks serves
-    both. Hooks and the mode are gone when the block exits.
+    both. ``mha_on_path`` puts ``nn.MultiheadAttention``'s weights on the gradient path too
+    (its output recomputed from them, the same values). Hooks and the mode are gone when
+    the block exits.
 
     The mode is also active whenever one of the model's modules runs inside the block while
     it is not - a checkpointed model recomputes its forward inside ``torch.autograd.grad``,
@@ -231,7 +282,7 @@ def intercepting(
     """
     stack: list[_Frame] = []
     handles = []
-    mode = _AttentionMode(stack, sink, on_path=on_path)
+    mode = _AttentionMode(stack, sink, on_path=on_path, mha_on_path=mha_on_path)
     reentered: list[nn.Module] = []  # modules whose pre-hook had to re-enter the mode
 
     def push(name: str) -> Callable[..., None]:

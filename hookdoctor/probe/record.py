@@ -32,15 +32,25 @@ class GradStats:
     @classmethod
     def of(cls, grad: torch.Tensor) -> GradStats:
         grad = grad.detach()
+        if grad.is_meta:  # structure only: that the gradient arrived is all there is to know
+            return cls(energy={}, channel_mean={}, leading_tokens=None, num_tokens=int(grad.shape[1]))
+        if grad.dim() == 5:  # video: 3-D convolution outputs
+            return cls(
+                energy={"NCTHW": grad.abs().sum((0, 1)).flatten()},
+                channel_mean={"NCTHW": grad.mean((2, 3, 4))},
+                leading_tokens=None,
+            )
         if grad.dim() == 4:
             return cls(
                 energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},
                 channel_mean={"NCHW": grad.mean((2, 3)), "NHWC": grad.mean((1, 2))},
                 leading_tokens=None,
             )
+        # A 3-D output is a token sequence [B, T, C] or a 1-D convolution's [B, C, L].
         return cls(
-            energy={"tokens": grad.abs().sum((0, 2))},
-            channel_mean={"tokens": grad.sum(1)},  # a sum here: the prefix is taken out per layout
+            energy={"tokens": grad.abs().sum((0, 2)), "NCL": grad.abs().sum((0, 1))},
+            # tokens: a sum; the prefix is taken out per layout
+            channel_mean={"tokens": grad.sum(1), "NCL": grad.mean(2)},
             leading_tokens=grad[:, :MAX_PREFIX_TOKENS].clone(),
             num_tokens=int(grad.shape[1]),
         )
@@ -117,10 +127,22 @@ class AttentionCall:
     probs: torch.Tensor | None  # held during inspect only
     on_path: bool
     row_energy: torch.Tensor | None = None
+    module_calls_before: int = 0  # module calls recorded before this attention ran (CallRecord.order)
 
     @property
     def reached(self) -> bool:
         return self.row_energy is not None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What the caller asked to explain: the input's axes, and target / output / task / reference."""
+
+    axes: tuple[int, ...]
+    target: int | None
+    output_key: str | int | None
+    task: str | None
+    reference: torch.Tensor | None
 
 
 @dataclass
@@ -130,11 +152,19 @@ class Score:
     selector: OutputSelector
     other_heads: list[str]
     output_structure: str
+    dtype: torch.dtype  # of the score as the model returns it
     target: int  # the class explained for the first sample
     pre_activation: str | None  # name of a final Softmax/Sigmoid module whose input is explained
     saturated: bool
     zero_head: str | None  # name of a zero-initialised head (surrogate score used)
     has_gradient: bool  # False when the model computes its score with gradients disabled or detaches it
+    task: str = "classification"
+    head: nn.Module | None = None  # makes the selected output a [B, N] score (segmentation, embedding, detection)
+    why: str = ""  # why this task and score
+    score_text: str = ""  # what column k of the score is
+    reference_given: bool = True  # embedding: False when a seeded random direction stands in
+    columns: int = 0  # N
+    pre_activation_function: str | None = None  # "softmax" / "sigmoid" called as a function at the end of forward
 
 
 @dataclass
@@ -150,6 +180,41 @@ class Probe:
     consumed_randomness: bool  # the eval-mode forward drew from the global RNG (HD006)
     graph: GradGraph  # the autograd graph below the score, by node id (holds no tensor)
     score_value: torch.Tensor | None = None  # the differentiated scalar (held during inspect only)
+    input_axes: tuple[int, ...] = ()  # the positional axes of the explained input: (H, W), (T, H, W), (L,)
+    channel_axis: int | None = 1  # the input's channel axis (None for a spectrogram [B, T, F])
+    input_kind: str = "image"  # image, video, spectrogram or signal
+    structure_only: bool = False  # the pass ran on meta tensors: shapes and graph, no values
+
+    def cut_off_by_pick(self, call: CallRecord, num_tokens: int) -> tuple[str, ...] | None:
+        """Structure's answer to "does gradient reach this token output's patch tokens?" (meta device).
+
+        The score's gradient cannot reach a token sequence's patch tokens when every path
+        from the score to it picks single tokens (``SelectBackward0`` on the token
+        dimension) and no attention mixes tokens after the call: the gradient from a pick
+        lands on the picked token only. Returns the picks then (HD201), else None.
+        """
+        # Any attention after the call mixes tokens (captured on the gradient path or beside it).
+        attention_after = any(seen.module_calls_before > call.order for seen in self.attention)
+        if attention_after or call.grad_fn is None or not self.graph.reaches(call.grad_fn):
+            return None
+        if self.graph.reaches_without_token_picks(call.grad_fn, num_tokens):
+            return None
+        return self.graph.token_picks(num_tokens) or None
+
+    def reads_patch_tokens(self, num_tokens: int) -> bool:
+        """Whether the head reads the patch tokens after the last attention, from structure alone.
+
+        True when some ``[B, num_tokens, C]`` output after the last attention reaches the
+        score by a path that picks no single token (mean pooling, CLS and mean concatenated).
+        """
+        last = max((seen.module_calls_before for seen in self.attention), default=0)
+        after = [
+            call
+            for record in self.records.values()
+            for call in record.calls
+            if call.order >= last and call.shape is not None and len(call.shape) == 3 and call.shape[1] == num_tokens
+        ]
+        return any(self.graph.reaches_without_token_picks(call.grad_fn, num_tokens) for call in after)
 
     @property
     def input_image(self) -> torch.Tensor:

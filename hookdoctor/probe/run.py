@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from hookdoctor.errors import InputError, ModelRunError
+from hookdoctor.model.activation import FinalActivationInputs, final_activation
 from hookdoctor.model.inputs import ModelInput
-from hookdoctor.model.outputs import describe, find_score, primary_tensor, select_output
+from hookdoctor.model.outputs import describe, primary_tensor
+from hookdoctor.model.tasks import SegmentationScores, TaskScore, choose_score
 from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.intercept import AttentionEvent, intercepting
-from hookdoctor.probe.record import AttentionCall, CallRecord, GradStats, ModuleRecord, Probe, Score
+from hookdoctor.probe.record import AttentionCall, CallRecord, GradStats, ModuleRecord, Probe, Score, ScoreRequest
 from hookdoctor.probe.sites import SiteNamer
 
 
@@ -55,19 +57,25 @@ def _input_gradient(value: torch.Tensor, image: torch.Tensor) -> torch.Tensor | 
     return grad
 
 
-def _target_indices(logits: torch.Tensor, target: int | None) -> torch.Tensor:
-    if target is None:
+def _target_indices(logits: torch.Tensor, target: int | None, default: int | None = None) -> torch.Tensor:
+    if target is None and default is None and logits.is_meta:
+        # No values: class 0 stands for the top class (the paths are the same).
+        return torch.zeros((logits.shape[0],), dtype=torch.long, device=logits.device)
+    if target is None and default is None:
         return logits.detach().argmax(dim=1)
-    if not 0 <= int(target) < logits.shape[1]:
+    chosen = int(default if target is None else target)  # type: ignore[arg-type]
+    if not 0 <= chosen < logits.shape[1]:
         raise InputError(
             f"target={target} is out of range: the model scores {logits.shape[1]} classes, so the "
             f"target must be between 0 and {logits.shape[1] - 1} (or None for the top-scoring class)."
         )
-    return torch.full((logits.shape[0],), int(target), dtype=torch.long, device=logits.device)
+    return torch.full((logits.shape[0],), chosen, dtype=torch.long, device=logits.device)
 
 
 def _rng_states(device: torch.device) -> list[torch.Tensor]:
     """The global RNG states a forward on ``device`` can draw from."""
+    if device.type == "meta":  # random ops on meta tensors draw nothing: determinism is not judged there
+        return []
     states = [torch.random.get_rng_state()]
     if device.type == "cuda" and torch.cuda.is_initialized():
         states.append(torch.cuda.get_rng_state(device))
@@ -116,7 +124,7 @@ class _Recorder:
     def on_attention(self, event: AttentionEvent) -> None:
         site = self.namer.site(event) if self.recording else None
         if site is not None:
-            self.attention.append(AttentionCall(site, event.probs, event.on_path))
+            self.attention.append(AttentionCall(site, event.probs, event.on_path, module_calls_before=self.order))
 
 
 def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> list[Any]:
@@ -128,7 +136,7 @@ def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionC
     for record in records.values():
         for call in record.calls:
             tensor = call.tensor
-            if call.requires_grad and tensor is not None and tensor.dim() in (3, 4):
+            if call.requires_grad and tensor is not None and tensor.dim() in (3, 4, 5):
                 sharing.setdefault(id(tensor), (tensor, []))[1].append(call)
     for tensor, calls in sharing.values():
 
@@ -143,7 +151,10 @@ def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionC
         if seen.on_path and probs is not None and probs.requires_grad:
 
             def rows(grad: torch.Tensor, seen: AttentionCall = seen) -> None:
-                seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
+                if grad.is_meta:  # structure only: no energy, only that the gradient arrived
+                    seen.row_energy = grad.new_empty(grad.shape[2])
+                else:
+                    seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
 
             handles.append(probs.register_hook(rows))
     return handles
@@ -164,6 +175,9 @@ def recorded_pass(
     target: int | None,
     name_prefix: str = "",
     output_key: str | int | None = None,
+    *,
+    task: str | None = None,
+    reference: torch.Tensor | None = None,
 ) -> Iterator[Probe]:
     """Run ``model`` once forward and once backward; the block reads the record.
 
@@ -180,11 +194,13 @@ def recorded_pass(
         # counter): the probe and the checks over its graph need both, whatever the caller's mode.
         scope.enter_context(torch.inference_mode(False))
         scope.enter_context(torch.enable_grad())
-        image = model_input.image.detach().clone().requires_grad_(True)
+        image = model_input.image.detach().clone().requires_grad_(True)  # on the model's device (meta too)
         rng_before = _rng_states(image.device)
         scope.enter_context(intercepting(model, recorder.on_attention, on_path=True, module_sink=recorder.on_module))
+        activations = FinalActivationInputs()
         try:
-            output = model_input.with_image(image).call(model)
+            with activations:  # inside the attention mode: it sees each softmax first, then passes it on
+                output = model_input.with_image(image).call(model)
         except Exception as exc:  # the user's forward: any failure is theirs to see, in one paragraph
             raise ModelRunError(
                 f"The model's forward raised {type(exc).__name__}: {exc}. hookdoctor ran it once on an input "
@@ -199,9 +215,11 @@ def recorded_pass(
             for call in record.calls:
                 if call.tensor is not None:
                     call.version_after = _version(call.tensor)
+        request = ScoreRequest(model_input.axes, target, output_key, task, reference)
         score, value, input_gradient_zero = _differentiate(
-            records, recorder.attention, output, target, output_key, image
+            model, records, recorder.attention, output, request, image, activations
         )
+        activations.clear()
         del output
         probe = Probe(
             records=records,
@@ -210,11 +228,15 @@ def recorded_pass(
             image=image,
             image_hw=model_input.image_hw,
             batch=model_input.batch,
+            input_axes=model_input.axes,
+            channel_axis=None if model_input.kind == "spectrogram" else 1,
+            input_kind=model_input.kind,
             input_gradient_zero=input_gradient_zero,
             grad_enabled_by_user=grad_enabled_by_user,
             consumed_randomness=consumed_randomness,
             graph=GradGraph(value, list(model.parameters())),
             score_value=value,
+            structure_only=image.is_meta,
         )
         try:
             yield probe
@@ -223,42 +245,60 @@ def recorded_pass(
 
 
 def _differentiate(
+    model: nn.Module,
     records: dict[str, ModuleRecord],
     attention: list[AttentionCall],
     output: Any,
-    target: int | None,
-    output_key: str | int | None,
+    how: ScoreRequest,
     image: torch.Tensor,
+    activations: FinalActivationInputs,
 ) -> tuple[Score, torch.Tensor, bool]:
-    """Pick the score from ``output`` and run the one backward (a surrogate one for a zero head)."""
-    found = find_score(output) if output_key is None else (select_output(output, output_key), [])
-    if found is None:
-        raise InputError(
-            f"The model returned {describe(output)}, which holds no [batch, classes] score tensor to "
-            "explain. Wrap the model so that its forward returns the scores (logits or an embedding) "
-            "as a 2-D tensor, and inspect the wrapper."
-        )
-    selector, other_heads = found
-    logits = selector(output)
-    producer = _producer(records, logits)
+    """Pick the task and score from ``output`` and run the one backward (a surrogate one for a zero head)."""
+
+    def producers(tensor: torch.Tensor) -> list[nn.Module]:
+        return [r.module for r in records.values() if r.calls and r.calls[-1].tensor is tensor]
+
+    chosen = choose_score(
+        model,
+        output,
+        axes=how.axes,
+        producers=producers,
+        task=how.task,
+        output_key=how.output_key,
+        reference=how.reference,
+    )
+    logits = chosen.scores(output)
     pre_activation = None
+    pre_activation_function = None
     scored = logits
-    if (
-        producer is not None
-        and isinstance(producer.module, (nn.Softmax, nn.Sigmoid))
-        and producer.first_input is not None
-    ):
-        pre_activation = producer.name
-        scored = producer.first_input
-    saturated = pre_activation is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
-    target_idx = _target_indices(scored, target)
+    if chosen.task == "classification":
+        producer = _producer(records, logits)
+        function = final_activation(logits)
+        if (
+            producer is not None
+            and isinstance(producer.module, (nn.Softmax, nn.Sigmoid))
+            and producer.first_input is not None
+        ):
+            pre_activation = producer.name
+            scored = producer.first_input
+        elif function is not None and activations.input_of(logits) is not None:
+            # F.softmax / torch.sigmoid in forward: the graph shows it, the mode kept its input.
+            pre_activation_function = function
+            scored = activations.input_of(logits)  # type: ignore[assignment]
+    values = not logits.is_meta  # on the meta device only structure is known (structure_only)
+    saturated = (
+        values and (pre_activation or pre_activation_function) is not None and bool(logits.detach().max() >= 1.0 - 1e-6)
+    )
+    default = _default_column(chosen)
+    target_idx = _target_indices(scored, how.target, default)
     handles = _gradient_hooks(records, attention)
     try:
         value = scored.gather(1, target_idx[:, None]).sum()
         input_grad = _input_gradient(value, image)
-        input_gradient_zero = input_grad is None or not bool(input_grad.abs().max() > 0)
+        # Without values, a connected input is all that can be known: the gradient is taken as non-zero.
+        input_gradient_zero = input_grad is None or (values and not bool(input_grad.abs().max() > 0))
         zero_head = None
-        if input_gradient_zero:
+        if input_gradient_zero and values:
             head = _zero_initialised_head(records, scored)
             if head is not None and head.first_input is not None:
                 zero_head = head.name
@@ -269,16 +309,36 @@ def _differentiate(
         for handle in handles:  # a hook left on a tensor would keep the call record, and the graph, alive
             handle.remove()
     score = Score(
-        selector=selector,
-        other_heads=other_heads,
+        selector=chosen.selector,
+        other_heads=chosen.other_heads,
         output_structure=describe(output),
-        target=int(target_idx[0]),
+        dtype=logits.dtype,
+        # On meta the index has no value: it is the target, the task's default column, or 0 (see _target_indices).
+        target=int(target_idx[0]) if values else int(next((i for i in (how.target, default) if i is not None), 0)),
         pre_activation=pre_activation,
         saturated=saturated,
         zero_head=zero_head,
         has_gradient=value.requires_grad,
+        task=chosen.task,
+        head=chosen.head,
+        why=chosen.why,
+        score_text=chosen.score_text,
+        reference_given=chosen.reference_given,
+        columns=int(scored.shape[1]),
+        pre_activation_function=pre_activation_function,
     )
     return score, value, input_gradient_zero and zero_head is None
+
+
+def _default_column(chosen: TaskScore) -> int | None:
+    """The column explained when no target is given: None for the top-scoring one."""
+    if isinstance(chosen.head, SegmentationScores):  # the class predicted on the most pixels
+        if chosen.head.mask.is_meta:  # no values: class 0 stands for it (the paths are the same)
+            return 0
+        return int(chosen.head.mask.flatten(1).sum(1).argmax())
+    if chosen.task in ("embedding", "detection"):  # the one similarity; the top-scoring detection
+        return 0
+    return None
 
 
 def _producer(records: dict[str, ModuleRecord], tensor: torch.Tensor) -> ModuleRecord | None:

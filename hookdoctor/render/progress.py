@@ -11,11 +11,12 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def progress(message: str) -> Iterator[None]:
+def progress(message: str, *, enabled: bool = True) -> Iterator[None]:
+    """``enabled=False`` (``--json``) shows nothing, terminal or not."""
     from rich.console import Console
 
     console = Console(file=sys.stderr)
-    if not console.is_terminal:
+    if not enabled or not console.is_terminal:
         yield
         return
     with console.status(f"{message}…", spinner="dots"):

@@ -49,12 +49,14 @@ def summarize_model(model: Any, input_shape: tuple[int, ...]) -> ModelSummary:
     from hookdoctor.model.unwrap import unwrap
 
     inner, _, _ = unwrap(model)
+    # torchinfo moves the model to `device`: name the one it lives on (a CUDA model stays there).
+    device = next((p.device for p in inner.parameters()), "cpu")
     stats = torchinfo.summary(
         inner,
         input_size=tuple(input_shape),
         depth=64,
         verbose=0,
-        device="cpu",
+        device=device,
         mode="eval",
         col_names=("output_size", "num_params", "mult_adds"),
     )

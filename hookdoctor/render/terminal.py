@@ -32,6 +32,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from hookdoctor import codes
+from hookdoctor.errors import MethodUnsupportedError
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -53,25 +54,38 @@ def render_report(
     console: Console | None = None,
     *,
     backend: str = "pytorch-grad-cam",
+    cam_method: str = "GradCAM",
     tree: bool = False,
     model_summary: ModelSummary | None = None,
     source: str | None = None,
     verbose: bool = False,
+    preview: Any = None,
 ) -> Iterator[RenderableType]:
     """Yield the report's sections in reading order.
 
     The report is compact when ``console`` writes to a terminal and ``verbose`` is False;
     otherwise (``-v``, a pipe, a file, no console given) every finding is shown in full.
+    ``preview``, the spec's Grad-CAM map ``[H, W]`` (the report keeps no tensor, so the
+    caller computes it), is drawn in block characters beside the verdict lines.
     """
     full = full_detail(console, verbose=verbose)
-    yield _header(report, source) if full else _FittedHeader(_header(report, source), _header(report, None))
-    yield _verdicts(report)
+    header = _header(report, source) if full else _FittedHeader(_header(report, source), _header(report, None))
+    if preview is not None and report.gradcam is not None:
+        yield _beside_preview(report, header, preview)
+        if full:
+            yield Text()  # the full report keeps its blank line; the compact one gets it from the preview
+    else:
+        yield header
+        yield _verdicts(report)
+    if report.structure_only:
+        yield from _structure_only_section(report, full=full)
     if full:
         findings = list(_findings(report))
         if findings:
-            yield Text()
+            if preview is None or report.gradcam is None:
+                yield Text()
             yield from findings
-        yield from _specs(report, backend, full=True)
+        yield from _specs(report, backend, cam_method, full=True)
         if tree:
             yield Text()
             yield from _tree_section(report, model_summary)
@@ -80,11 +94,12 @@ def render_report(
         return
     # Compact: the verdicts, then ruled sections with no blank lines between them (each rule
     # already separates), then the closing line. The seed ViT fits in 40 lines this way.
-    sections = [*_compact_findings(report), *_specs(report, backend, full=False)]
+    sections = [*_compact_findings(report), *_specs(report, backend, cam_method, full=False)]
     if tree:
         sections.extend(_tree_section(report, model_summary))
     if sections:
-        yield Text()
+        if preview is None or report.gradcam is None:  # the preview's last line is the blank line
+            yield Text()
         yield from sections
     yield Text()
     yield closing_line(report)
@@ -116,9 +131,29 @@ def _header(report: Report, source: str | None) -> Text:
     if source:
         text.append(f" ({source})")
     text.append(f" · input {'×'.join(str(s) for s in report.input_shape)}")
+    if report.task != "classification":
+        text.append(f" · task {report.task}")
     if report.target is not None:
-        text.append(f" · explaining class {report.target}")
+        what = {"embedding": "similarity column", "detection": "detection"}.get(report.task, "class")
+        text.append(f" · explaining {what} {report.target}")
+    if report.structure_only:
+        text.append(" · structure only (meta device)", style="bold yellow")
     return text
+
+
+def _structure_only_section(report: Report, *, full: bool) -> Iterator[RenderableType]:
+    """What a structure-only pass could not check, and what a full run would add (one line)."""
+    yield Text()
+    if full:
+        yield Text("Not run (they need values; structure only, specs unverified):", style="bold yellow")
+        for check in report.not_run:
+            yield Text(f"  - {check}")
+    else:
+        yield Text(
+            f"{len(report.not_run)} checks that need values were not run; the specs are unverified.",
+            style="bold yellow",
+        )
+    yield Text(report.full_run_adds or "", style="dim")
 
 
 @dataclass(frozen=True)
@@ -131,6 +166,24 @@ class _FittedHeader:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.with_source if self.with_source.cell_len <= options.max_width else self.without_source
+
+
+def _beside_preview(report: Report, header: RenderableType, heatmap: Any) -> Table:
+    """Header, verdicts and a caption on the left; the spec's map in four lines on the right."""
+    from hookdoctor.render.preview import LINES, HeatPreview
+
+    preview = HeatPreview(heatmap)
+    assert report.gradcam is not None
+    lines = 1 + len(report.methods) + len(report.layer_verdicts)
+    caption = Text(f"the spec's Grad-CAM on the example input (class {report.target}) ▸", style="dim")
+    caption.no_wrap, caption.overflow = True, "ellipsis"
+    # The caption goes on the last line beside the map, so the block is as tall as before.
+    left = Group(header, _verdicts(report), *[Text()] * max(0, LINES - lines - 1), caption)
+    table = Table.grid(padding=(0, 2), expand=True)
+    table.add_column(ratio=1, overflow="ellipsis", no_wrap=True)
+    table.add_column(width=preview.width, no_wrap=True)
+    table.add_row(left, preview)
+    return table
 
 
 def _verdicts(report: Report) -> Group:
@@ -220,7 +273,7 @@ def _spec_summary(spec: Any) -> Text:
 def _layout_words(kind: str | None, grid: Sequence[int] | None, prefix: int | None) -> str:
     parts = [kind] if kind else []
     if grid:
-        parts.append(f"{grid[0]}×{grid[1]} grid")
+        parts.append(f"{'×'.join(str(g) for g in grid)} grid")
     if prefix:
         parts.append(f"{prefix} prefix token{'s' if prefix != 1 else ''}")
     return ", ".join(parts)
@@ -439,12 +492,21 @@ def _names_layer(message: str, where: str) -> bool:
 # --- specs --------------------------------------------------------------------------------------
 
 
-def _specs(report: Report, backend: str, *, full: bool) -> Iterator[RenderableType]:
+def _specs(report: Report, backend: str, cam_method: str = "GradCAM", *, full: bool) -> Iterator[RenderableType]:
     if "gradcam" in report.methods and report.gradcam is not None:
+        title = "Grad-CAM" if cam_method == "GradCAM" else cam_method
         if full:
             yield Text()
-        yield Rule(f"Grad-CAM spec for {backend} — paste this", align="left", style="green")
-        yield _code(report.gradcam.code(backend))
+        try:
+            snippet = report.gradcam.code(backend, method=cam_method)
+        except MethodUnsupportedError as refusal:
+            # The layer works for Grad-CAM; only the method asked for cannot, and the report says
+            # why - in the compact report too, since it replaces the snippet that was asked for.
+            yield Rule(f"{title} spec for {backend} — not possible on this layer", align="left", style="red")
+            yield Text(f"{refusal.code} {refusal}")
+        else:
+            yield Rule(f"{title} spec for {backend} — paste this", align="left", style="green")
+            yield _code(snippet)
     if "rollout" in report.methods and report.rollout is not None:
         # The compact report keeps the capture-and-rollout form; -v adds capturing during
         # the user's own forward pass.

@@ -20,9 +20,16 @@ from hookdoctor.errors import InputError
 from hookdoctor.geometry.layout import token_candidates
 from hookdoctor.model.guard import preserved
 from hookdoctor.model.inputs import ModelInput, resolve_input
+from hookdoctor.model.outputs import find_score
 from hookdoctor.model.unwrap import unwrap
 from hookdoctor.probe.intercept import AttentionEvent, intercepting
-from hookdoctor.specs.rollout import check_rollout_arguments, rollout_map
+from hookdoctor.specs.rollout import (
+    check_rollout_arguments,
+    gradient_rollout_matrix,
+    pool_row_weights,
+    read_map,
+    rollout_map,
+)
 
 
 @dataclass
@@ -56,6 +63,7 @@ def capture_attention(
     pool_layer: str | None = None,
     eval_mode: bool = True,
     keep_on_gradient_path: bool = True,
+    weights_on_gradient_path: bool = False,
 ) -> Iterator[AttentionRecord]:
     """Collect real attention probabilities during your own forward calls.
 
@@ -68,6 +76,8 @@ def capture_attention(
     module, so call the model you passed or its inner module. With ``eval_mode`` the
     model runs in eval mode inside the block (dropout would change the probabilities);
     every module's mode is put back afterwards, and no hook or setting is left behind.
+    ``weights_on_gradient_path`` also puts ``nn.MultiheadAttention``'s per-head weights on
+    the gradient path (its output recomputed from them), for gradient-weighted rollout.
     """
     inner, prefix, _ = unwrap(model)
     wanted = set(_relative(layers, prefix)) if layers is not None else None
@@ -86,7 +96,9 @@ def capture_attention(
     try:
         if eval_mode:
             inner.eval()
-        with intercepting(inner, on_event, on_path=keep_on_gradient_path):
+        with intercepting(
+            inner, on_event, on_path=keep_on_gradient_path, mha_on_path=weights_on_gradient_path
+        ):
             yield record
     finally:
         for module, flag in modes:
@@ -118,6 +130,7 @@ class AttentionSpec:
     kinds: tuple[str, ...] = ()
     image_hw: tuple[int, int] | None = None
     name_prefix: str = ""
+    verified: bool = True  # False after a structure-only (meta device) pass: nothing was captured
 
     # -- capture -------------------------------------------------------------------------------
     def capturing(self, model: nn.Module, *, eval_mode: bool = True) -> Any:
@@ -182,6 +195,58 @@ class AttentionSpec:
             discard_ratio=discard_ratio,
         )
 
+    def gradient_rollout(self, model: nn.Module, x: Any, target: int | None = None) -> torch.Tensor:
+        """Gradient-weighted attention rollout ``[B, H, W]`` (Chefer et al., 2021, simplified form).
+
+        Each layer's attention is multiplied by its gradient with respect to the score of
+        ``target`` (None: each sample's top class), its positive part averaged over heads,
+        and rolled out with the residual (``R ← R + Ā R``). Works on whatever attention the
+        spec captures: fused (SDPA) calls and ``nn.MultiheadAttention`` get their
+        probabilities put on the gradient path for the duration of one forward, with the
+        same values; the model is left as it was.
+        """
+        inner, _, _ = unwrap(model)
+        model_input = resolve_input(inner, x)
+        with preserved(inner), torch.enable_grad():
+            image = model_input.image.detach().requires_grad_(True)  # frozen models still get a graph
+            with capture_attention(
+                inner,
+                _relative(self.layer_names, self.name_prefix),
+                pool_layer=_relative([self.pool_layer], self.name_prefix)[0] if self.pool_layer else None,
+                weights_on_gradient_path=True,
+            ) as record:
+                output = model_input.with_image(image).call(inner)
+            if not record.attentions:
+                raise InputError(
+                    f"No attention was captured from {type(inner).__name__}: none of the layers "
+                    f"{', '.join(self.layer_names[:3])} ran. Pass the model this spec was made for."
+                )
+            scores = _scores(output)
+            if target is not None and not 0 <= target < scores.shape[1]:
+                raise InputError(f"target={target} is not a column of the model's {scores.shape[1]} scores.")
+            top = scores.argmax(dim=1)
+            columns = top if target is None else torch.full_like(top, target)
+            picked = scores.gather(1, columns.reshape(-1, 1)).sum()
+            gradients = torch.autograd.grad(picked, record.attentions, allow_unused=True)
+            missing = [i for i, g in enumerate(gradients) if g is None]
+            if missing:
+                raise InputError(
+                    f"The attention of {self.layer_names[min(missing[0], len(self.layer_names) - 1)]} does not "
+                    "feed the score, so it has no gradient (HD510) and gradient-weighted rollout cannot weigh "
+                    "it; use plain rollout (spec.rollout) or Grad-CAM for this model."
+                )
+            matrix = gradient_rollout_matrix(record.attentions, [g for g in gradients if g is not None])
+            pool = record.pool[-1] if record.pool else None
+        tokens = int(record.attentions[0].shape[-1])
+        return read_map(
+            matrix,
+            prefix_tokens=self.prefix_tokens,
+            grid=self.grid_for(model_input.image_hw, tokens),
+            query=self.query,
+            query_tokens=self.query_tokens,
+            pool_weights=pool_row_weights(pool) if self.query == "pool" and pool is not None else None,
+        )
+
     # -- description ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +260,7 @@ class AttentionSpec:
             "heads": list(self.heads),
             "tokens": self.tokens,
             "capture": list(self.kinds),
+            "verified": self.verified,
         }
 
     def code(self, *, own_forward: bool = True) -> str:
@@ -207,7 +273,7 @@ class AttentionSpec:
         n = len(self.layer_names)
         heads = self.heads[0] if self.heads else "heads"
         snippet = (
-            "import hookdoctor\n\n"
+            "import hookdoctor\n"
             'spec = hookdoctor.inspect(model, x, methods=("rollout",)).rollout\n'
             f"attentions = spec.capture(model, x)  # {n} x [B, {heads}, {self.tokens}, {self.tokens}]\n"
             'heatmap = spec.rollout(model, x, head_fusion="mean", discard_ratio=0.0)'
@@ -221,3 +287,14 @@ class AttentionSpec:
             "    output = model(x)\n"
             "attentions = record.attentions\n"
         )
+
+
+def _scores(output: Any) -> torch.Tensor:
+    """The ``[B, classes]`` score tensor of a model's output (a tensor, ModelOutput, dict or tuple)."""
+    found = find_score(output)
+    if found is None:
+        raise InputError(
+            "The model's output holds no [batch, classes] score tensor, so there is no score to take the "
+            "gradient of; gradient-weighted rollout needs a classifier's logits (use plain rollout otherwise)."
+        )
+    return found[0](output)

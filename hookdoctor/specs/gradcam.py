@@ -17,17 +17,66 @@ from torch import nn
 
 from hookdoctor.errors import InputError, MissingDependencyError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform
-from hookdoctor.model.inputs import ModelInput
+from hookdoctor.model.activation import FinalActivationInputs
+from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.outputs import OutputSelector
 
 
-class ScoreModel(nn.Module):
-    """A thin wrapper whose forward returns the ``[B, classes]`` score tensor.
+class GradEnabledScore(torch.Tensor):
+    """A score tensor whose operations record gradients even where the caller turned them off.
 
-    It selects the score from a ModelOutput, tuple or dict; explains the input of a final
-    Softmax/Sigmoid module (the logit) rather than a saturated probability; passes the
-    other arguments the model needs; and runs with grad enabled and an input that requires
-    grad, so frozen models and ``no_grad`` callers still produce layer gradients.
+    pytorch-grad-cam evaluates the target (``output[:, class]``) and calls ``backward``
+    outside the model's forward, in the caller's grad mode: under ``torch.no_grad()`` or
+    ``torch.inference_mode()`` the loss would carry no graph. Every operation on this
+    tensor (and on the tensors it produces) runs with grad enabled and inference mode off.
+    """
+
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class Float32Maps:
+    """A reshape_transform that also casts to float32, for layers computing in bfloat16.
+
+    pytorch-grad-cam turns activations, gradients and (without targets) scores into numpy
+    arrays, and numpy has no bfloat16 ("Got unsupported ScalarType BFloat16"). It applies
+    ``reshape_transform`` to both activations and gradients before that, so the cast goes
+    there. A plain class so that specs pickle.
+    """
+
+    def __init__(self, reshape: ReshapeTransform | None = None) -> None:
+        self.reshape = reshape
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return (self.reshape(tensor) if self.reshape is not None else tensor).float()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Float32Maps) and self.reshape == other.reshape
+
+    def __hash__(self) -> int:
+        return hash(("float32", self.reshape))
+
+    def __repr__(self) -> str:
+        return f"Float32Maps({self.reshape!r})" if self.reshape is not None else "Float32Maps()"
+
+
+class ScoreModel(nn.Module):
+    """A thin wrapper whose forward returns the ``[B, N]`` score tensor.
+
+    It selects the score from a ModelOutput, tuple or dict; turns a segmentation map, an
+    embedding or a detector's detections into ``[B, N]`` scores (``head``, see
+    ``hookdoctor.model.tasks``); explains the input of a final Softmax/Sigmoid (a module,
+    or ``F.softmax`` / ``torch.sigmoid`` called in forward) rather than a saturated
+    probability; passes the other arguments the model needs; takes the 4-D view of a 3-D
+    input that pytorch-grad-cam needs (``backend_axis``, the singleton axis to drop); and
+    runs with grad enabled and an input that requires grad, so frozen models and
+    ``no_grad`` / ``inference_mode`` callers still produce layer gradients. Called with
+    grad off, it returns a ``GradEnabledScore``, so that a library computing the target
+    outside this forward still gets a score with a graph.
     """
 
     pre_activation: nn.Module | None
@@ -39,33 +88,74 @@ class ScoreModel(nn.Module):
         *,
         pre_activation: nn.Module | None = None,
         call_template: ModelInput | None = None,
+        head: nn.Module | None = None,
+        pre_activation_function: str | None = None,
+        backend_axis: int | None = None,
+        input_dims: int = 4,
+        float_scores: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.selector = selector
         self.call_template = call_template
+        self.head = head
+        self.pre_activation_function = pre_activation_function
+        self.backend_axis = backend_axis
+        self.input_dims = input_dims
+        self.float_scores = float_scores  # a bfloat16 score, cast for numpy (see Float32Maps)
         # Kept out of _modules: it is part of self.model already.
         self.__dict__["pre_activation"] = pre_activation
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.backend_axis is not None and image.dim() == self.input_dims + 1:
+            image = image.squeeze(self.backend_axis)  # the view as_backend_input made for pytorch-grad-cam
+        caller_grad = torch.is_grad_enabled()
+        with torch.inference_mode(False), torch.enable_grad():
+            score = self._score(image)
+            if self.float_scores:
+                score = score.float()
+            # Inside the block: under the caller's no_grad the alias would lose the graph.
+            return score if caller_grad else score.as_subclass(GradEnabledScore)
+
+    def _score(self, image: torch.Tensor) -> torch.Tensor:
         template = self.call_template or ModelInput((image,), {}, 0)
-        with torch.enable_grad():
-            if not image.requires_grad:
-                image = image.detach().requires_grad_(True)
-            call = template.with_image(image)
-            if self.pre_activation is None:
-                return self.selector(call.call(self.model))
-            captured: dict[str, torch.Tensor] = {}
+        if image.is_inference():  # made under inference_mode: autograd cannot save it; a copy it can
+            image = image.clone()
+        if not image.requires_grad:
+            image = image.detach().requires_grad_(True)
+        call = template.for_batch(int(image.shape[0])).with_image(image)
+        if self.pre_activation is not None:
+            return self._module_logits(call)
+        if self.pre_activation_function is not None:
+            return self._function_logits(call)
+        output = self.selector(call.call(self.model))
+        return output if self.head is None else self.head(output)
 
-            def keep_input(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-                captured["logits"] = inputs[0]
+    def _module_logits(self, call: ModelInput) -> torch.Tensor:
+        captured: dict[str, torch.Tensor] = {}
 
-            handle = self.pre_activation.register_forward_pre_hook(keep_input)
-            try:
-                call.call(self.model)
-            finally:
-                handle.remove()
-            return captured["logits"]
+        def keep_input(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            captured["logits"] = inputs[0]
+
+        assert self.pre_activation is not None
+        handle = self.pre_activation.register_forward_pre_hook(keep_input)
+        try:
+            call.call(self.model)
+        finally:
+            handle.remove()
+        return captured["logits"]
+
+    def _function_logits(self, call: ModelInput) -> torch.Tensor:
+        activations = FinalActivationInputs()
+        with activations:
+            probabilities = self.selector(call.call(self.model))
+        logits = activations.input_of(probabilities)
+        if logits is None:
+            raise InputError(
+                f"The model's forward returned no {self.pre_activation_function} output this time (it did on the "
+                "example input), so its logits cannot be taken; inspect the model with this input."
+            )
+        return logits
 
 
 class _GridView(nn.Identity):
@@ -163,25 +253,49 @@ class GradCAMSpec:
 
     layer_name: str
     layer: nn.Module
-    reshape_transform: ReshapeTransform | None
+    reshape_transform: ReshapeTransform | Float32Maps | None
     model: nn.Module
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     layout: Layout
     reasons: tuple[str, ...] = field(default_factory=tuple)
     score: str = "logits"
     call_index: int | None = None
+    task: str = "classification"
+    input_kind: str = "image"
+    # False when the spec comes from a structure-only (meta device) pass: no map was computed with it
+    verified: bool = True
+    # The example input's shape: ShapleyCAM's double-backward check runs on an input like it.
+    input_shape: tuple[int, ...] | None = None
+
+    def as_backend_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as pytorch-grad-cam takes it: a 3-D input gets a singleton axis, others come back as they are.
+
+        pytorch-grad-cam 1.5.7 sizes its map from a 4-D or 5-D input only; ``spec.model``
+        accepts this view and drops the axis again before calling the model.
+        """
+        axis = BACKEND_AXIS.get(self.input_kind)
+        return x.unsqueeze(axis) if axis is not None and x.dim() == 3 else x
 
     @property
     def module_name(self) -> str:
         """The dotted name of the module in the model passed in (``layer_name`` without ``#k``)."""
         return self.layer_name if self.call_index is None else self.layer_name.rsplit("#", 1)[0]
 
-    def pytorch_grad_cam_kwargs(self) -> dict[str, Any]:
-        """``dict(model=..., target_layers=[...], reshape_transform=...)`` for ``pytorch_grad_cam.GradCAM``."""
-        return {"model": self.model, "target_layers": [self.layer], "reshape_transform": self.reshape_transform}
+    def pytorch_grad_cam_kwargs(self, method: str = "GradCAM") -> dict[str, Any]:
+        """Keyword arguments for the pytorch-grad-cam class ``method`` (by class name) on this layer.
+
+        ``dict(model=..., target_layers=[...], reshape_transform=...)``, plus what the method
+        needs for this layer: AblationCAM gets an ablation layer that knows the layout and a
+        model it cannot swap modules into, ShapleyCAM a model with double-differentiable
+        attention whose grid view it hooks. Raises ``InputError`` for an unknown method and
+        ``MethodUnsupportedError`` (with a code) where the method cannot work on this model.
+        """
+        from hookdoctor.specs.cam_family import method_kwargs
+
+        return method_kwargs(self, method)
 
     def captum(self) -> Any:
-        """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, H, W]``."""
+        """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, *grid]``."""
         try:
             from captum.attr import LayerGradCam
         except ImportError as exc:
@@ -189,16 +303,46 @@ class GradCAMSpec:
                 "spec.captum() needs Captum, which is not installed. Install it with "
                 "`pip install 'hookdoctor[captum]'` (or `pip install captum`)."
             ) from exc
-        if self.reshape_transform is None:
+        transform = self.layout.transform()  # Captum computes in any dtype: the geometry alone
+        if transform is None or self.layout.kind == "NCL":  # Captum reads [B, C, L] itself
             return LayerGradCam(self.model, self.layer)
-        adapter = CaptumAdapter(self.model, self.layer, self.reshape_transform)
+        adapter = CaptumAdapter(self.model, self.layer, transform)
         return LayerGradCam(adapter, adapter.grid_view)
 
-    def code(self, backend: str = "pytorch-grad-cam") -> str:
-        """A copy-paste snippet for ``"pytorch-grad-cam"`` or ``"captum"``."""
+    def torchcam(self) -> Any:
+        """A ``torchcam.methods.GradCAM`` extractor whose map equals pytorch-grad-cam's.
+
+        Run the extractor's own model, then ask for the map::
+
+            extractor = spec.torchcam()
+            scores = extractor.model(x)
+            heatmap = extractor(class_idx=target, scores=scores)[0]  # [B, H, W], in [0, 1]
+            extractor.remove_hooks()
+
+        torchcam averages gradients over dims 2.. and sums activations over dim 1, like
+        Captum; a token or channels-last layer is routed through a ``[B, C, H, W]`` view
+        (``CaptumAdapter``) whose identity torchcam hooks, so ``extractor.model`` is then the
+        adapter, and the user's model computes exactly what it did. torchcam's hooks stay on
+        the extractor's target until ``remove_hooks()`` (or the end of a ``with`` block).
+        """
+        try:
+            from torchcam.methods import GradCAM as TorchcamGradCAM
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "spec.torchcam() needs torchcam, which is not installed. Install it with "
+                "`pip install 'hookdoctor[torchcam]'` (or `pip install torchcam`)."
+            ) from exc
+        transform = self.layout.transform()  # torchcam computes in any dtype: the geometry alone
+        if transform is None or self.layout.kind == "NCL":  # torchcam, too, reads [B, C, L] itself
+            return TorchcamGradCAM(self.model, target_layer=self.layer)
+        adapter = CaptumAdapter(self.model, self.layer, transform)
+        return TorchcamGradCAM(adapter, target_layer="grid_view")
+
+    def code(self, backend: str = "pytorch-grad-cam", method: str = "GradCAM") -> str:
+        """A copy-paste snippet for ``"pytorch-grad-cam"`` (any CAM class, by name), ``"captum"`` or ``"torchcam"``."""
         from hookdoctor.specs.snippets import gradcam_snippet
 
-        return gradcam_snippet(self, backend)
+        return gradcam_snippet(self, backend, method)
 
     def to_dict(self) -> dict[str, Any]:
         found = {
@@ -211,7 +355,9 @@ class GradCAMSpec:
             "reshape_transform": repr(self.reshape_transform) if self.reshape_transform is not None else None,
             "model_wrapper": type(self.model).__name__ if isinstance(self.model, (ScoreModel, CallRouter)) else None,
             "score": self.score,
+            "task": self.task,
             "reasons": list(self.reasons),
+            "verified": self.verified,
         }
         if self.call_index is not None:  # only per-call specs: the keys of every other report stay as they were
             found.update(module_name=self.module_name, call_index=self.call_index)

@@ -9,17 +9,23 @@ from hookdoctor.errors import InputError
 if TYPE_CHECKING:
     from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
 
-BACKENDS = ("pytorch-grad-cam", "captum")
+BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 
 
-def _reshape_function(spec: GradCAMSpec) -> list[str]:
+def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
+    """The reshape_transform as code; ``float32`` adds the cast numpy needs for bfloat16 layers."""
     layout = spec.layout
+    if len(layout.grid) != 2:
+        return []  # video (NCTHW) needs none; signals go through _spec_snippet
     h, w = layout.grid
+    cast = ".float()" if float32 else ""
+    cast_note = ["    # .float(): pytorch-grad-cam makes numpy arrays of the maps, and numpy has no bfloat16"]
     if layout.kind == "NHWC":
         return [
             "def reshape_transform(t):",
             "    # channels-last [B, H, W, C] -> [B, C, H, W]",
-            "    return t.permute(0, 3, 1, 2)",
+            *(cast_note if float32 else []),
+            f"    return t.permute(0, 3, 1, 2){cast}",
             "",
         ]
     if layout.kind == "tokens":
@@ -27,9 +33,12 @@ def _reshape_function(spec: GradCAMSpec) -> list[str]:
         return [
             "def reshape_transform(t):",
             f"    # drop {p} prefix token(s), lay the {h * w} patch tokens on the {h}x{w} grid, channels first",
-            f"    return t[:, {p}:, :].reshape(t.shape[0], {h}, {w}, t.shape[-1]).permute(0, 3, 1, 2)",
+            *(cast_note if float32 else []),
+            f"    return t[:, {p}:, :].reshape(t.shape[0], {h}, {w}, t.shape[-1]).permute(0, 3, 1, 2){cast}",
             "",
         ]
+    if float32:
+        return ["def reshape_transform(t):", *cast_note, "    return t.float()", ""]
     return []
 
 
@@ -46,23 +55,48 @@ def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
     if template is None:
         return [], "self.model(x)"
     slot = template.image_slot
+    # AblationCAM and ScoreCAM run the model on copies of one image: the inputs held fixed
+    # come in as many copies (ModelInput.for_batch).
+    repeat = "v.repeat(len(x), *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() and len(v) == 1 else v"
+    held = "# a batch of copies (AblationCAM, ScoreCAM): the other inputs too"
     if isinstance(slot, str):
-        return ["            kwargs = dict(self.inputs)", f"            kwargs[{slot!r}] = x"], "self.model(**kwargs)"
-    return ["            args = list(self.inputs)", f"            args[{slot}] = x"], "self.model(*args)"
+        return [
+            "            kwargs = dict(self.inputs)",
+            f"            if len(x) != len(kwargs[{slot!r}]):  {held}",
+            f"                kwargs = {{k: {repeat} for k, v in kwargs.items()}}",
+            f"            kwargs[{slot!r}] = x",
+        ], "self.model(**kwargs)"
+    return [
+        "            args = list(self.inputs)",
+        f"            if len(x) != len(args[{slot}]):  {held}",
+        f"                args = [{repeat} for v in args]",
+        f"            args[{slot}] = x",
+    ], "self.model(*args)"
+
+
+def _eager_model(spec: GradCAMSpec) -> str:
+    """The expression for the module pytorch-grad-cam must run: inside a torch.compile wrapper, the eager one."""
+    marker = "_orig_mod."
+    if marker not in spec.layer_name:
+        return "model"
+    return "model." + spec.layer_name[: spec.layer_name.rindex(marker) + len(marker) - 1]
 
 
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
     from hookdoctor.specs.gradcam import ScoreModel
 
     model = _score_model(spec)
+    eager = _eager_model(spec)
     if not isinstance(model, ScoreModel):
-        return [], "model"
+        return [], eager
+    cast = ".float()" if model.float_scores else ""
     prepare, call = _call_lines(model)
-    expression = model.selector.expression(call)
+    expression = model.selector.expression(call) + cast
     inputs = model.call_template is not None
     lines = [
         "class ScoreModel(torch.nn.Module):",
         f"    # Grad-CAM needs the score tensor: {spec.score}",
+        *(["    # .float(): the score is bfloat16, and pytorch-grad-cam makes numpy arrays of it"] if cast else []),
         f"    def __init__(self, model{', inputs' if inputs else ''}):",
         "        super().__init__()",
         "        self.model = model",
@@ -86,12 +120,12 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
             f"                {call}",
             "            finally:",
             "                handle.remove()",
-            "            return logits['x']  # the logit before the final softmax/sigmoid",
+            f"            return logits['x']{cast}  # the logit before the final softmax/sigmoid",
             "",
         ]
     else:
         lines += [f"            return {expression}", ""]
-    return lines, "ScoreModel(model, example_input)" if inputs else "ScoreModel(model)"
+    return lines, f"ScoreModel({eager}, example_input)" if inputs else f"ScoreModel({eager})"
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
@@ -146,9 +180,133 @@ def _call_router(spec: GradCAMSpec) -> list[str]:
     ]
 
 
-def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
+def _needs_the_spec(spec: GradCAMSpec) -> str | None:
+    """Why the snippet uses hookdoctor's spec objects rather than plain code, or None.
+
+    A task's score keeps what it read off the example input (class masks, detections, the
+    reference embedding) and a functional final activation needs its input intercepted;
+    plain code would have to repeat all of it. Swapped and 1-D layouts are the spec's too.
+    """
+    score_model = _score_model(spec)
+    if spec.task != "classification":
+        return f"The {spec.task} score keeps what it read off the example input; spec.model holds it."
+    if getattr(score_model, "pre_activation_function", None):
+        return "spec.model returns the input of the final softmax/sigmoid call (the logit)."
+    if spec.input_kind in ("spectrogram", "signal") or spec.layout.transposed:
+        return f"spec.model and spec.reshape_transform handle the {spec.input_kind} input's axes."
+    return None
+
+
+def _spec_snippet(spec: GradCAMSpec, backend: str, why: str, method: str) -> str:
+    given = "example_input" if _has_inputs(spec) or spec.task != "classification" else "x"
+    grid = ", ".join(str(g) for g in spec.grid)
+    named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+    lines = ["import hookdoctor"]
+    if backend == "pytorch-grad-cam":
+        lines += [
+            "import torch",
+            f"from pytorch_grad_cam import {method}",
+            "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
+        ]
+    lines += [
+        "",
+        f"# {why}",
+        f"report = hookdoctor.inspect(model, {given}, methods=('gradcam',){named})",
+        "spec = report.gradcam",
+    ]
+    if backend == "pytorch-grad-cam":
+        shown = "spec.as_backend_input(x)" if spec.input_kind in ("spectrogram", "signal") else "x"
+        kwargs = "" if method == "GradCAM" else repr(method)
+        lines += [
+            f"cam = {method}(**spec.pytorch_grad_cam_kwargs({kwargs}))",
+            "with torch.enable_grad():  # it backpropagates from the score outside the model: also under no_grad",
+            f"    heatmap = cam(input_tensor={shown}, targets=[ClassifierOutputTarget(report.target)])"
+            "  # in [0, 1], the input's size",
+        ]
+    elif backend == "torchcam":
+        lines += [
+            "cam = spec.torchcam()",
+            "scores = cam.model(x)  # the forward torchcam's hooks watch",
+            f"heatmap = cam(class_idx=report.target, scores=scores)[0]  # [B, {grid}], in [0, 1]",
+            "cam.remove_hooks()",
+        ]
+    else:
+        lines += [f"attribution = spec.captum().attribute(x, target=report.target)  # [B, 1, {grid}]"]
+    return "\n".join(lines) + "\n"
+
+
+def _method_lines(
+    spec: GradCAMSpec, method: str, model_expr: str, reshape: list[str], layer_lines: list[str], layer: str
+) -> tuple[list[str], list[str], list[str]]:
+    """(imports, reshape definition, construction lines) that build ``cam`` for one pytorch-grad-cam class.
+
+    ``layer_lines`` find the hooked module and ``layer`` names it: ``layer`` itself, or for
+    a per-call spec ``routed.call``, the identity through which ``model_expr`` (the router)
+    passes that call alone. Every method's helper takes the router and its identity as it
+    would take a model and its layer.
+    """
+    from hookdoctor.specs.gradcam import Float32Maps
+
+    imports = [f"from pytorch_grad_cam import {method}"]
+    if method in ("AblationCAM", "ShapleyCAM"):
+        # Both wrap the layer's layout in hookdoctor's helpers, which need the geometry as an object;
+        # a bfloat16 layer's maps are cast for numpy by Float32Maps around it, as in the kwargs.
+        geometry = spec.layout.transform()
+        cast = isinstance(spec.reshape_transform, Float32Maps)
+        transform = "reshape_transform" if geometry is not None else "None"
+        definition = [f"reshape_transform = {geometry!r}", ""] if geometry is not None else []
+        imports += ["from hookdoctor import ReshapeTransform"] if geometry is not None else []
+        imports += ["from hookdoctor.specs.gradcam import Float32Maps"] if cast else []
+        maps = f"Float32Maps({'' if geometry is None else transform})" if cast else transform
+        if method == "AblationCAM":
+            imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
+            return imports, definition, [
+                *layer_lines,
+                "# An ablation layer that ablates channels of the layer's [B, C, H, W] view, whatever its layout;",
+                "# AblationModel applies it by a hook, so AblationCAM never swaps a module into `model`.",
+                f"ablation_layer = GridAblationLayer({transform})",
+                f"cam = AblationCAM(model=AblationModel({model_expr}, {layer}, ablation_layer),"
+                f" target_layers=[{layer}],",
+                f"                  reshape_transform={maps}, ablation_layer=ablation_layer, batch_size=32)",
+            ]
+        imports.append("from hookdoctor.specs.cam_family import SecondOrderModel")
+        return imports, definition, [
+            *layer_lines,
+            "# ShapleyCAM differentiates twice: SecondOrderModel runs attention with the math kernel (the fused",
+            "# ones have no double backward) and hooks the layer as a [B, C, H, W] grid (ShapleyCAM would skip",
+            "# reshape_transform for the activations it weighs).",
+            f"second_order = SecondOrderModel({model_expr}, {layer}, {transform})",
+            "cam = ShapleyCAM(model=second_order, target_layers=[second_order.target_layer],"
+            f" reshape_transform={'Float32Maps()' if cast else 'None'})",
+        ]
+    lines = [
+        *layer_lines,
+        f"cam = {method}(model={model_expr}, target_layers=[{layer}],"
+        f" reshape_transform={'reshape_transform' if reshape else 'None'})",
+    ]
+    if method == "ScoreCAM":
+        lines.append("cam.batch_size = 16  # ScoreCAM runs one forward pass per channel, this many at a time")
+    return imports, reshape, lines
+
+
+def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    from hookdoctor.specs.cam_family import resolve_method
+
+    method = resolve_method(method)
+    if backend != "pytorch-grad-cam" and method != "GradCAM":
+        raise InputError(
+            f"The method {method} is a pytorch-grad-cam class; the {backend} snippet is Grad-CAM only. "
+            "Use the pytorch-grad-cam backend for other CAM methods."
+        )
+    # The same checks as the kwargs: a method that cannot work raises its coded error here too.
+    spec.pytorch_grad_cam_kwargs(method)
+    why = _needs_the_spec(spec)
+    if why is not None:
+        return _spec_snippet(spec, backend, why, method)
+    from hookdoctor.specs.gradcam import Float32Maps
+
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
     router = _call_router(spec)
@@ -163,20 +321,29 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
         layer_expr = "layer"
     lines = ["import torch"]
     if backend == "pytorch-grad-cam":
+        reshape = _reshape_function(spec, float32=isinstance(spec.reshape_transform, Float32Maps))
+        eager = _eager_model(spec)
+        compiled = []
+        if eager != "model":
+            compiled = [f"# {eager}: the eager module; a compiled backward cannot run twice (retain_graph)"]
+        imports, definition, construction = _method_lines(spec, method, model_expr, reshape, layer_lines, layer_expr)
         lines += [
-            "from pytorch_grad_cam import GradCAM",
+            imports[0],
             "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
+            *imports[1:],
             "",
-            *reshape,
+            *definition,
             *wrapper,
             *router,
-            *layer_lines,
-            f"cam = GradCAM(model={model_expr}, target_layers=[{layer_expr}],"
-            f" reshape_transform={'reshape_transform' if reshape else 'None'})",
-            "heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
+            *compiled,
+            *construction,
+            "with torch.enable_grad():  # it backpropagates from the score outside the model: also under no_grad",
+            "    heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])"
             "  # [B, H_in, W_in], in [0, 1]",
         ]
         return "\n".join(lines) + "\n"
+    if backend == "torchcam":
+        return "\n".join(lines + _torchcam_lines(spec, wrapper, router, layer_lines, model_expr, layer_expr)) + "\n"
     lines += [f"from captum.attr import LayerAttribution{'' if reshape else ', LayerGradCam'}", ""]
     if reshape:
         named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
@@ -185,7 +352,7 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
             "import hookdoctor",
             "",
             f"# Captum reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
-            f"# [B, C, {spec.grid[0]}, {spec.grid[1]}] view so that LayerGradCam sees a grid.",
+            f"# [B, C, {', '.join(str(g) for g in spec.grid)}] view so that LayerGradCam sees a grid.",
             f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
             "gradcam = spec.captum()",
         ]
@@ -198,7 +365,46 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str) -> str:
         ]
     lines += [
         f"attribution = gradcam.attribute(x, target=class_index, relu_attributions=True)"
-        f"  # [B, 1, {spec.grid[0]}, {spec.grid[1]}]",
-        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode='bilinear')",
+        f"  # [B, 1, {', '.join(str(g) for g in spec.grid)}]",
+        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[2:]), "
+        f"interpolate_mode={'trilinear' if len(spec.grid) == 3 else 'bilinear'!r})",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _torchcam_lines(
+    spec: GradCAMSpec,
+    wrapper: list[str],
+    router: list[str],
+    layer_lines: list[str],
+    model_expr: str,
+    layer_expr: str,
+) -> list[str]:
+    """torchcam's GradCAM: plain code for a [B, C, H, W] layer, the spec's own view otherwise."""
+    grid = ", ".join(str(g) for g in spec.grid)  # (H, W), or (T, H, W) for video
+    lines = ["from torchcam.methods import GradCAM", ""]
+    if spec.reshape_transform is not None:
+        # torchcam, like Captum, reads dim 1 as channels; only the spec's adapter can show it the grid.
+        named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+        given = "example_input" if _has_inputs(spec) else "x"
+        lines += [
+            "import hookdoctor",
+            "",
+            f"# torchcam reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
+            f"# [B, C, {grid}] view and hands torchcam that view and the model that runs it.",
+            f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
+            "cam = spec.torchcam()",
+        ]
+    else:
+        lines += [
+            *wrapper,
+            *router,
+            *layer_lines,
+            f"cam = GradCAM({model_expr}, target_layer={layer_expr})",
+        ]
+    lines += [
+        "scores = cam.model(x)  # the forward torchcam's hooks watch",
+        f"heatmap = cam(class_idx=class_index, scores=scores)[0]  # [B, {grid}], in [0, 1]",
+        "cam.remove_hooks()",
+    ]
+    return lines
