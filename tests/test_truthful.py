@@ -27,6 +27,7 @@ from helpers import (  # noqa: E402
     run_pytorch_grad_cam,
     spec_gradcam,
 )
+from versions import transformers_major, vit_block  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
 GRADCAM = ("gradcam",)
@@ -92,13 +93,17 @@ def _small_hf_vit():
     return ViTForImageClassification(config).eval(), torch.randn(1, 3, 64, 64)
 
 
+def _output_projection(block: int) -> str:
+    return f"{vit_block(block)}.attention." + ("o_proj" if transformers_major() >= 5 else "output.dense")
+
+
 @pytest.mark.transformers
 def test_check_layer_tests_an_untried_layer_on_demand_as_a_named_inspect_does():
     # The pass tests the cells of the layers its recommendation tries; an attention output
     # projection is not one of them, and its cells do not line up (it is the attention's
     # mix alone, without the residual stream).
     model, x = _small_hf_vit()
-    name = "vit.layers.3.attention.o_proj"
+    name = _output_projection(3)
     cells = corner_cells((8, 8))
     layer = model.get_submodule(name)
     assert aligned_cells(model, layer, ReshapeTransform("tokens", (8, 8), 1), (8, 8), x, cells) < len(cells)
@@ -116,7 +121,7 @@ def test_check_layer_says_untested_once_the_example_input_is_gone():
     model, x = _small_hf_vit()
     report = hookdoctor.inspect(model, x)
     del x  # the report holds the user's input weakly
-    verdict = report.check_layer("vit.layers.3.attention.o_proj")
+    verdict = report.check_layer(_output_projection(3))
     assert verdict.usable and verdict.cells_confirmed is None
 
 
