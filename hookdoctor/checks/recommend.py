@@ -39,7 +39,7 @@ from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.tree import module_kind
 from hookdoctor.model.unwrap import without_compile
 from hookdoctor.probe.run import Probe
-from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict
+from hookdoctor.report import Diagnostic, LayerVerdict
 from hookdoctor.specs.gradcam import CallRouter, Float32Maps, GradCAMSpec, ScoreModel
 
 STRUCTURE_ONLY_REASON = (
@@ -602,23 +602,19 @@ class GradCAMAnalysis:
         ]
 
     # -- summaries ------------------------------------------------------------------------
-    def summaries(self) -> list[LayerSummary]:
+    def summaries(self) -> list[LayerVerdict]:
+        """Every module's verdict, with what the probe saw of it, for the module tree."""
         out = []
         for name, j in self.judgements.items():
             record = self.probe.records[name]
-            confirmation = self.confirmer.known(j)
-            layout = (confirmation.layout if confirmation else None) or j.layout
             out.append(
-                LayerSummary(
-                    name=name,
+                dataclasses.replace(
+                    self.verdict(name),
                     type=type(record.module).__name__,
                     kind="attention" if name in self.attention_sites else module_kind(record.module),
                     calls=len(record.calls),
                     output=record.calls[0].structure if record.calls else "-",
-                    layout=layout.kind if layout and j.usable else None,
-                    grid=layout.grid if layout and j.usable else None,
-                    usable=None if j.holds_only else j.usable,
-                    codes=() if j.holds_only else tuple(dict.fromkeys(d.code for d in j.diagnostics)),
+                    holds_only=j.holds_only,
                 )
             )
         return out
