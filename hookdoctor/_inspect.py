@@ -16,9 +16,15 @@ from torch import nn
 
 from hookdoctor import arguments
 from hookdoctor.checks.attention import analyse_attention, tokens_shuffled
+from hookdoctor.checks.build import build_spec
+from hookdoctor.checks.confirm import Confirmer
+from hookdoctor.checks.judgements import judge_all, judging_context
 from hookdoctor.checks.layers import GRADCAM
-from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
+from hookdoctor.checks.pitfalls import pitfalls
+from hookdoctor.checks.recommend import Recommendation, recommend
+from hookdoctor.checks.score import score_findings
 from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
+from hookdoctor.checks.verdicts import call_verdict, layer_verdicts
 from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved, refuse_lazy_modules
@@ -138,29 +144,40 @@ def inspect(
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_shuffled_tokens() if tokens_shuffled(probe) else _nondeterministic())
-            analysis = GradCAMAnalysis(model, runner, model_input, probe, sites, modules=modules)
+            context = judging_context(probe, runner)
+            judgements = judge_all(context)
+            recommendation = Recommendation()  # nothing confirmed where Grad-CAM was not asked about
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
-                gradcam_spec, found = analysis.recommend(requested)
-                diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
+                recommendation = recommend(judgements, Confirmer(context), probe, sites, requested)
+                gradcam_spec, notes = build_spec(
+                    recommendation, model=model, model_input=model_input, probe=probe, modules=modules
+                )
+                diagnostics += (
+                    score_findings(probe, model_input)
+                    + recommendation.diagnostics
+                    + notes
+                    + pitfalls(judgements, probe, gradcam_spec)
+                )
             if "rollout" in wanted:
                 rollout_spec, found = analyse_attention(
                     runner,
                     model_input,
                     probe=probe,
                     name_prefix=prefix,
-                    prefix_hint=analysis.context.prefix_hint,
+                    prefix_hint=context.prefix_hint,
                     was_training=was_training,
                 )
                 if not chosen.named("rollout"):
                     wanted, found = _rollout_not_applicable(wanted, found)
                 diagnostics += found
-            summaries = analysis.summaries()
             # the top class, or `target`; a structure-only pass has no top class
             target_index = probe.score.target if not structure_only or target is not None else None
             task_name = probe.score.task
-            all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
-            call_counts = {name: len(record.calls) for name, record in probe.records.items()}
-            module_names = list(analysis.judgements)
+            # Every module's verdict and every call's (NAME#k), from the confirmations the search made.
+            all_verdicts = layer_verdicts(judgements, recommendation.confirmations, probe, sites)
+            module_names = list(judgements.modules)
+            layers = [all_verdicts[name] for name in module_names]
+            call_counts = judgements.call_counts
         aliases = _aliases(build_tree(runner, prefix), all_verdicts)
 
     def judged(name: str) -> LayerVerdict:
@@ -203,7 +220,7 @@ def inspect(
         target=target_index,
         task=task_name,
         environment=environment(inner),
-        layers=summaries,
+        layers=layers,
         layer_verdicts=verdicts,
         _judge=check_layer,
         structure_only=structure_only,

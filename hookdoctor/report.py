@@ -29,7 +29,7 @@ class LayerVerdict:
     """Whether one named layer (a module, or one call ``NAME#k``) can be a Grad-CAM target, and why not.
 
     The one per-layer result of ``inspect``: ``report.check_layer(name)`` returns it, and
-    ``report.layers`` holds one per module, in the order ``named_modules()`` lists them, for
+    ``report.layers`` holds one per module, in the order the probe recorded them, for
     the module tree. It keeps no tensor and no module, only what the probe saw and the checks
     concluded.
     """
