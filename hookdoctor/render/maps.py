@@ -23,7 +23,8 @@ from hookdoctor.model.unwrap import unwrap
 
 if TYPE_CHECKING:
     from hookdoctor.report import LayerVerdict, Report
-    from hookdoctor.specs.gradcam import Float32Maps, GradCAMSpec
+    from hookdoctor.specs.gradcam import GradCAMSpec
+    from hookdoctor.specs.wrappers import Float32Maps
 
 # Below this a min-max scaled map is all zero: pytorch-grad-cam scales by max + 1e-7.
 BLANK = 1e-6
@@ -75,7 +76,7 @@ def habit_layer(report: Report) -> str | None:
 
 
 def _score_model(spec: GradCAMSpec) -> nn.Module:
-    from hookdoctor.specs.gradcam import CallRouter
+    from hookdoctor.specs.wrappers import CallRouter
 
     return spec.model.score_model if isinstance(spec.model, CallRouter) else spec.model
 

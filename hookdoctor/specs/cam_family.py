@@ -36,7 +36,7 @@ from torch import nn
 from hookdoctor.errors import InputError, MethodUnsupportedError, MissingDependencyError
 from hookdoctor.geometry.layout import ReshapeTransform
 from hookdoctor.model.guard import preserved
-from hookdoctor.specs.gradcam import Float32Maps
+from hookdoctor.specs.wrappers import Float32Maps
 
 if TYPE_CHECKING:
     from hookdoctor.specs.gradcam import GradCAMSpec

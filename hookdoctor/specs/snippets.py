@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hookdoctor.errors import InputError
+from hookdoctor.specs.cam_family import resolve_method
+from hookdoctor.specs.wrappers import CallRouter, Float32Maps, ScoreModel
 
 if TYPE_CHECKING:
-    from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
+    from hookdoctor.specs.gradcam import GradCAMSpec
 
 BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 
@@ -44,8 +46,6 @@ def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
 
 def _score_model(spec: GradCAMSpec) -> Any:
     """The score model: ``spec.model``, or the model a per-call spec's router runs."""
-    from hookdoctor.specs.gradcam import CallRouter
-
     return spec.model.score_model if isinstance(spec.model, CallRouter) else spec.model
 
 
@@ -83,8 +83,6 @@ def _eager_model(spec: GradCAMSpec) -> str:
 
 
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
-    from hookdoctor.specs.gradcam import ScoreModel
-
     model = _score_model(spec)
     eager = _eager_model(spec)
     if not isinstance(model, ScoreModel):
@@ -129,8 +127,6 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
-    from hookdoctor.specs.gradcam import ScoreModel
-
     score_model = _score_model(spec)
     assert isinstance(score_model, ScoreModel)
     for name, candidate in score_model.model.named_modules():
@@ -245,8 +241,6 @@ def _method_lines(
     passes that call alone. Every method's helper takes the router and its identity as it
     would take a model and its layer.
     """
-    from hookdoctor.specs.gradcam import Float32Maps
-
     imports = [f"from pytorch_grad_cam import {method}"]
     if method in ("AblationCAM", "ShapleyCAM"):
         # Both wrap the layer's layout in hookdoctor's helpers, which need the geometry as an object;
@@ -256,7 +250,7 @@ def _method_lines(
         transform = "reshape_transform" if geometry is not None else "None"
         definition = [f"reshape_transform = {geometry!r}", ""] if geometry is not None else []
         imports += ["from hookdoctor import ReshapeTransform"] if geometry is not None else []
-        imports += ["from hookdoctor.specs.gradcam import Float32Maps"] if cast else []
+        imports += ["from hookdoctor.specs.wrappers import Float32Maps"] if cast else []
         maps = f"Float32Maps({'' if geometry is None else transform})" if cast else transform
         if method == "AblationCAM":
             imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
@@ -292,8 +286,6 @@ def _method_lines(
 def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    from hookdoctor.specs.cam_family import resolve_method
-
     method = resolve_method(method)
     if backend != "pytorch-grad-cam" and method != "GradCAM":
         raise InputError(
@@ -305,8 +297,6 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
     why = _needs_the_spec(spec)
     if why is not None:
         return _spec_snippet(spec, backend, why, method)
-    from hookdoctor.specs.gradcam import Float32Maps
-
     wrapper, model_expr = _score_wrapper(spec)
     reshape = _reshape_function(spec)
     router = _call_router(spec)
