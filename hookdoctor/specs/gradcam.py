@@ -9,6 +9,7 @@ several times (``NAME#k``) hands out a ``CallRouter`` as ``.model`` and its iden
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,18 @@ from hookdoctor.geometry.layout import Layout, ReshapeTransform
 from hookdoctor.model.inputs import BACKEND_AXIS
 from hookdoctor.specs.cam_family import method_kwargs
 from hookdoctor.specs.snippets import gradcam_snippet
-from hookdoctor.specs.wrappers import CallRouter, CaptumAdapter, Float32Maps, ScoreModel
+from hookdoctor.specs.wrappers import CallRouter, Float32Maps, ScoreModel, channels_first
+
+
+def _backend_class(caller: str, library: str, package: str, module: str, name: str) -> Any:
+    """``module.name`` from an optional library, or a MissingDependencyError with the install line."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{caller} needs {library}, which is not installed. Install it with "
+            f"`pip install 'hookdoctor[{package}]'` (or `pip install {package}`)."
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -75,18 +87,8 @@ class GradCAMSpec:
 
     def captum(self) -> Any:
         """A ``captum.attr.LayerGradCam`` whose ``attribute(x, target=...)`` is ``[B, 1, *grid]``."""
-        try:
-            from captum.attr import LayerGradCam
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "spec.captum() needs Captum, which is not installed. Install it with "
-                "`pip install 'hookdoctor[captum]'` (or `pip install captum`)."
-            ) from exc
-        transform = self.layout.transform()  # Captum computes in any dtype: the geometry alone
-        if transform is None or self.layout.kind == "NCL":  # Captum reads [B, C, L] itself
-            return LayerGradCam(self.model, self.layer)
-        adapter = CaptumAdapter(self.model, self.layer, transform)
-        return LayerGradCam(adapter, adapter.grid_view)
+        layer_grad_cam = _backend_class("spec.captum()", "Captum", "captum", "captum.attr", "LayerGradCam")
+        return layer_grad_cam(*channels_first(self.model, self.layer, self.layout))
 
     def torchcam(self) -> Any:
         """A ``torchcam.methods.GradCAM`` extractor whose map equals pytorch-grad-cam's.
@@ -104,18 +106,9 @@ class GradCAMSpec:
         adapter, and the user's model computes exactly what it did. torchcam's hooks stay on
         the extractor's target until ``remove_hooks()`` (or the end of a ``with`` block).
         """
-        try:
-            from torchcam.methods import GradCAM as TorchcamGradCAM
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "spec.torchcam() needs torchcam, which is not installed. Install it with "
-                "`pip install 'hookdoctor[torchcam]'` (or `pip install torchcam`)."
-            ) from exc
-        transform = self.layout.transform()  # torchcam computes in any dtype: the geometry alone
-        if transform is None or self.layout.kind == "NCL":  # torchcam, too, reads [B, C, L] itself
-            return TorchcamGradCAM(self.model, target_layer=self.layer)
-        adapter = CaptumAdapter(self.model, self.layer, transform)
-        return TorchcamGradCAM(adapter, target_layer="grid_view")
+        grad_cam = _backend_class("spec.torchcam()", "torchcam", "torchcam", "torchcam.methods", "GradCAM")
+        model, layer = channels_first(self.model, self.layer, self.layout)
+        return grad_cam(model, target_layer=layer)
 
     def code(self, backend: str = "pytorch-grad-cam", method: str = "GradCAM") -> str:
         """A copy-paste snippet for ``"pytorch-grad-cam"`` (any CAM class, by name), ``"captum"`` or ``"torchcam"``."""

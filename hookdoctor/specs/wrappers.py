@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from hookdoctor.errors import InputError
-from hookdoctor.geometry.layout import ReshapeTransform
+from hookdoctor.geometry.layout import Layout, ReshapeTransform
 from hookdoctor.model.activation import FinalActivationInputs
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.model.outputs import OutputSelector
@@ -192,6 +192,27 @@ class CaptumAdapter(nn.Module):
             handle.remove()
 
 
+def grid_view(layout: Layout) -> ReshapeTransform | None:
+    """The reshape Captum and torchcam need to see ``layout`` as a grid, or None where they read it as it is.
+
+    Both average gradients over dims 2.. and sum activations over dim 1, so they read
+    ``[B, C, H, W]``, ``[B, C, T, H, W]`` and ``[B, C, L]`` themselves; a token or
+    channels-last layer goes through ``CaptumAdapter``. They compute in any dtype: the
+    geometry alone decides, not the bfloat16 cast pytorch-grad-cam needs.
+    """
+    transform = layout.transform()
+    return None if transform is None or layout.kind == "NCL" else transform
+
+
+def channels_first(model: nn.Module, layer: nn.Module, layout: Layout) -> tuple[nn.Module, nn.Module]:
+    """The model and layer to hand Captum or torchcam: as they are, or a ``CaptumAdapter`` and its ``grid_view``."""
+    transform = grid_view(layout)
+    if transform is None:
+        return model, layer
+    adapter = CaptumAdapter(model, layer, transform)
+    return adapter, adapter.grid_view
+
+
 class _CallView(nn.Identity):
     """The module the libraries hook for one call of a shared module: it sees that call alone."""
 
@@ -240,3 +261,8 @@ class CallRouter(nn.Module):
                 "example input did. Inspect the model with this input to get a spec for it."
             )
         return result
+
+
+def score_model_of(model: nn.Module) -> nn.Module:
+    """The model that returns the scores: ``model`` itself, or the one a ``CallRouter`` runs."""
+    return model.score_model if isinstance(model, CallRouter) else model
