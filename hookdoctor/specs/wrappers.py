@@ -138,11 +138,8 @@ class ScoreModel(nn.Module):
             captured["logits"] = inputs[0]
 
         assert self.pre_activation is not None
-        handle = self.pre_activation.register_forward_pre_hook(keep_input)
-        try:
+        with self.pre_activation.register_forward_pre_hook(keep_input):
             call.call(self.model)
-        finally:
-            handle.remove()
         return captured["logits"]
 
     def _function_logits(self, call: ModelInput) -> torch.Tensor:
@@ -185,11 +182,8 @@ class CaptumAdapter(nn.Module):
         def route(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             return self.transform.inverse(self.grid_view(self.transform(output)), output)
 
-        handle = self.layer.register_forward_hook(route)
-        try:
+        with self.layer.register_forward_hook(route):
             return self.score_model(image)
-        finally:
-            handle.remove()
 
 
 def grid_view(layout: Layout) -> ReshapeTransform | None:
@@ -248,11 +242,8 @@ class CallRouter(nn.Module):
             calls[0] += 1
             return self.call_view(output) if index == self.call_index else None
 
-        handle = self.module.register_forward_hook(route)
-        try:
+        with self.module.register_forward_hook(route):
             result = self.score_model(*args, **kwargs)
-        finally:
-            handle.remove()
         if calls[0] <= self.call_index:
             # Silently explaining nothing (or another call) is the failure this wrapper exists to prevent.
             raise InputError(
