@@ -21,9 +21,9 @@ from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
 from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
+from hookdoctor.model.fits import guard_pass
 from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
-from hookdoctor.model.memory import guard_pass
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree

@@ -20,11 +20,7 @@ PACKAGE = Path(hookdoctor.__file__).parent
 
 # Cycles that exist and belong to work in progress elsewhere; each entry is the set of
 # modules on the cycle. Remove an entry when its cycle is gone, never add one for new code.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # model/memory.py imports model.meta and model.inputs inside functions; model.inputs imports model.memory.
-    frozenset({"hookdoctor.model.memory", "hookdoctor.model.inputs"}),
-    frozenset({"hookdoctor.model.memory", "hookdoctor.model.meta", "hookdoctor.model.inputs"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:
