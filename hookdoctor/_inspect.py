@@ -27,9 +27,9 @@ from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
 from hookdoctor.checks.verdicts import call_verdict, layer_verdicts
 from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
+from hookdoctor.model.fits import guard_pass
 from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
-from hookdoctor.model.memory import guard_pass
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
