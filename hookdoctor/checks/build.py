@@ -22,7 +22,8 @@ from hookdoctor.geometry.layout import ReshapeTransform
 from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.unwrap import without_compile
 from hookdoctor.probe.run import Probe
-from hookdoctor.specs.gradcam import CallRouter, Float32Maps, GradCAMSpec, ScoreModel
+from hookdoctor.specs.gradcam import GradCAMSpec
+from hookdoctor.specs.wrappers import CallRouter, Float32Maps, ScoreModel
 
 
 def build_spec(
