@@ -3,13 +3,35 @@ flow (HD2xx), layout (HD3xx) and layer naming (HD4xx): the Grad-CAM side."""
 
 from __future__ import annotations
 
-from hookdoctor.codes._code import Code
+from hookdoctor.codes._code import Code, Template
 
 _MODEL = "model output"
 _SITE = "hook site"
 _GRAD = "gradient flow"
 _LAYOUT = "layout"
 _NAMING = "naming"
+
+# Sentences that several variants of a code share.
+_CHOOSE_A_RUNNING_MODULE = "Choose a module that runs; the report lists each module with its call count."
+_ROUTES_ONE_CALL = (
+    "The spec's .model routes call {index} alone through an identity module, the spec's .layer, so the library "
+    "hooks that call and nothing else."
+)
+_HOOK_ON_THE_PATH = "Hook a layer on the path from the input to the score."
+NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
+
+
+_PICKS = " (the path from the score picks them with {picks})"
+_INSTEAD = "; the spec uses `{spec_layer}` instead"
+
+
+def _cut_off(via: str = "", instead: str = "") -> Template:
+    """HD201: no gradient reaches the patch tokens, optionally naming the picks and the spec's layer."""
+    return Template(
+        "No gradient reaches the {grid} patch tokens of {layers}: after {them} the classifier reads only the "
+        f"prefix token(s){via}, so Grad-CAM there is all zeros{instead}.",
+        NO_GRADIENT_FIX,
+    )
 
 CODES = (
     Code(
@@ -92,6 +114,14 @@ matches the image grid.
 Make the forward deterministic before explaining it: pass the masking noise explicitly
 (ViTMAE: `noise=torch.arange(L).expand(B, L)`, `mask_ratio=0`), or use dropout modules
 that respect `eval()`.""",
+        templates={
+            "default": Template(
+                "The forward pass draws random numbers in eval mode (the global random number generator advanced): "
+                "something random runs at inference, so every map changes from call to call.",
+                "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
+                "explaining it; hookdoctor explain HD006.",
+            ),
+        },
     ),
     Code(
         "HD007", "shuffled-token-order", _MODEL, "warning",
@@ -107,6 +137,25 @@ Keep the patch order: for ViTMAE pass sorted noise,
 `model(pixel_values=x, noise=torch.arange(num_patches).expand(batch, -1))`, with
 `config.mask_ratio = 0.0`; or explain a `ViTModel` loaded from the same weights. Layers
 before the shuffle (the patch embedding) still work.""",
+        # "default": found by inspect for the whole model; "rollout": found while judging rollout
+        # (fields: model, the model's class name).
+        templates={
+            "default": Template(
+                "The token order is shuffled: the forward draws random numbers and gathers the image's tokens by an "
+                "index made from them (as ViTMAE's random masking does, even with mask_ratio=0), so every layer after "
+                "the gather holds the patches in a new order on each call and no map from it follows the image.",
+                "Keep the patch order: pass sorted noise (ViTMAE: model(pixel_values=x, noise=torch.arange(num_patches)"
+                ".expand(batch, -1)) with config.mask_ratio=0.0), or explain a layer before the shuffle; hookdoctor "
+                "explain HD007.",
+            ),
+            "rollout": Template(
+                "{model} shuffles the image's tokens at random before its attention layers (a gather by an index drawn "
+                "from random noise, as ViTMAE's masking does), so the rows of every attention matrix are patches in a "
+                "new order on each call and a rollout reshaped to the patch grid puts them in the wrong places.",
+                "Keep the patch order (ViTMAE: pass noise=torch.arange(num_patches).expand(batch, -1) with "
+                "config.mask_ratio=0.0) and inspect again; hookdoctor explain HD007.",
+            ),
+        },
     ),
     Code(
         "HD010", "segmentation-score", _MODEL, "info",
@@ -168,6 +217,20 @@ detection whose score could be explained, and a map of "no detection" has no gra
 Pass an example input on which the model detects something (a real image, trained
 weights: `--pretrained`), or build the model with a lower threshold
 (`fasterrcnn_mobilenet_v3_large_fpn(..., box_score_thresh=0.0)`) to judge its layers.""",
+        # "default": nothing detected; "no_gradient": detections whose scores carry no gradient.
+        templates={
+            "default": Template(
+                "The detector kept no detection on the example input (every box scored below its threshold), so "
+                "there is no detection whose score could be explained.",
+                "Pass an example input on which the model detects something (a real image and trained weights), or "
+                "build the model with a lower box_score_thresh (torchvision: box_score_thresh=0.0).",
+            ),
+            "no_gradient": Template(
+                "The detector's scores carry no gradient, so no layer's map can be computed from them.",
+                "Run the detector with gradients enabled (no torch.no_grad around its heads) and explain its "
+                "classification scores.",
+            ),
+        },
     ),
     Code(
         "HD014", "image-text-logits", _MODEL, "info",
@@ -209,6 +272,17 @@ silently averages their maps.
 Library updates rename modules: transformers 5 moved `vit.encoder.layer.N` to
 `vit.layers.N`; a hard-coded recipe then hooks nothing. Use one of the suggested names, or
 let hookdoctor recommend a layer.""",
+        # Fields: layer, the name asked for; matches ("close_matches"), the close names, each in backticks.
+        templates={
+            "default": Template(
+                "No module is named exactly `{layer}`.",
+                "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
+            ),
+            "close_matches": Template(
+                "No module is named exactly `{layer}`. Close matches: {matches}.",
+                "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
+            ),
+        },
     ),
     Code(
         "HD102", "never-called", _SITE, "error",
@@ -219,6 +293,35 @@ did not obtain any outputs". This happens with heads used only in training, bran
 switched off by the configuration, and modules built but left unused.
 
 Choose a module that runs: the report lists every module with its call count.""",
+        # "default": a module that never runs; "container": a ModuleList/ModuleDict (kind: its class
+        # name). For one call NAME#k of a module (module, index = k): "call_never_runs" when the
+        # module never runs, "call_after_only_one" when it runs once, "call_after_last" when it runs
+        # `calls` times (last = calls - 1).
+        templates={
+            "default": Template(
+                "`{layer}` never runs in the forward pass, so a hook on it never fires.",
+                _CHOOSE_A_RUNNING_MODULE,
+            ),
+            "container": Template(
+                "`{layer}` is a {kind}: it holds modules but never runs itself, so a hook on it never fires.",
+                "Hook one of its entries (`{layer}.0` ... ) or a layer inside one.",
+            ),
+            "call_never_runs": Template(
+                "`{module}` never runs per forward pass, so its call {index} never happens and a hook on it would "
+                "never fire.",
+                _CHOOSE_A_RUNNING_MODULE,
+            ),
+            "call_after_only_one": Template(
+                "`{module}` runs once per forward pass, so its call {index} never happens and a hook on it would "
+                "never fire.",
+                "Name a call that happens (`{module}#0`); calls count from 0 in execution order.",
+            ),
+            "call_after_last": Template(
+                "`{module}` runs {calls} times per forward pass, so its call {index} never happens and a hook on it "
+                "would never fire.",
+                "Name a call that happens (`{module}#0` to `{module}#{last}`); calls count from 0 in execution order.",
+            ),
+        },
     ),
     Code(
         "HD103", "called-several-times", _SITE, "error",
@@ -236,6 +339,27 @@ call's output alone through an identity module, which is its `.layer`, so pytorc
 and Captum hook exactly that call, and `spec.code()` writes the routing out. hookdoctor
 recommends such a spec itself when the best layer runs several times, and says which call
 and why (for a two-view model: the call that sees the explained input).""",
+        # "default" (error): a module judged as a whole that runs `calls` times (last = calls - 1).
+        # "per_call" (info, with severity="info"): one call NAME#k is recommended (module, calls,
+        # index = k); "per_call_chosen" adds why that call was chosen (why).
+        templates={
+            "default": Template(
+                "`{layer}` runs {calls} times per forward pass; pytorch-grad-cam would use the first call and Captum "
+                "the last.",
+                "Hook a module that runs once, such as the block that contains it, or one call of it: `{layer}#k` "
+                "(k from 0 to {last}) gives a spec that routes that call alone.",
+            ),
+            "per_call": Template(
+                "`{module}` runs {calls} times per forward pass and a hook on it fires on every call "
+                "(pytorch-grad-cam keeps the first, Captum the last).",
+                _ROUTES_ONE_CALL,
+            ),
+            "per_call_chosen": Template(
+                "`{module}` runs {calls} times per forward pass and a hook on it fires on every call "
+                "(pytorch-grad-cam keeps the first, Captum the last); the spec explains call {index}: {why}.",
+                _ROUTES_ONE_CALL,
+            ),
+        },
     ),
     Code(
         "HD104", "tuple-output", _SITE, "error",
@@ -247,6 +371,14 @@ hook is skipped silently; Captum raises "Given input is not a torch.Tensor".
 
 Hook the tensor-producing module inside it (for example its last norm) or a following
 layer whose output is a plain tensor.""",
+        # Fields: structure, what the layer returns (e.g. "tuple(Tensor[1, 197, 768], None)").
+        templates={
+            "default": Template(
+                "`{layer}` returns {structure}, not a tensor; pytorch-grad-cam fails on it and its gradient hook "
+                "would be skipped.",
+                "Hook the tensor-producing module inside it, or the next module whose output is a plain tensor.",
+            ),
+        },
     ),
     Code(
         "HD105", "overwritten-in-place", _SITE, "error",
@@ -258,6 +390,13 @@ map looks plausible and is wrong (correlation 0.78 on resnet18's `bn2`). torchca
 on every device.
 
 Hook a module whose output is not modified in place, typically the enclosing block.""",
+        templates={
+            "default": Template(
+                "A later in-place operation rewrites the output of `{layer}`, so the stored activation is not the one "
+                "the gradient belongs to.",
+                "Hook a module whose output is not modified in place, such as the enclosing block.",
+            ),
+        },
     ),
     Code(
         "HD201", "no-gradient-to-patches", _GRAD, "error",
@@ -271,6 +410,16 @@ Hook a layer before the last token-mixing step: the last block's first norm (tim
 `blocks[-1].norm1`, Hugging Face `layers[-1].layernorm_before`, torchvision
 `encoder.layers[-1].ln_1`). A ViT that averages its patch tokens is fine at the block
 output.""",
+        # Fields: grid ("14x14"), layers (the layers named, each in backticks, joined by " and "),
+        # them ("it" for one layer, "them" for several); picks (the pick operations on the score's
+        # path, "picked*" variants); spec_layer (the layer the spec uses instead, "*instead" variants,
+        # for the dead layers listed up front).
+        templates={
+            "default": _cut_off(),
+            "picked": _cut_off(via=_PICKS),
+            "instead": _cut_off(instead=_INSTEAD),
+            "picked_instead": _cut_off(via=_PICKS, instead=_INSTEAD),
+        },
     ),
     Code(
         "HD202", "not-on-score-path", _GRAD, "error",
@@ -280,6 +429,23 @@ to the logits: the hook fires but no gradient arrives. pytorch-grad-cam fails wi
 "'NoneType' object has no attribute 'shape'", torchcam says "not connected".
 
 Hook a layer on the path from the input to the explained score.""",
+        # "no_grad_mode": the layer runs under no_grad/inference_mode; "not_used": the score does not
+        # depend on its output; "zero_gradient": the score's gradient at it is zero everywhere.
+        templates={
+            "no_grad_mode": Template(
+                "`{layer}` runs with gradients disabled inside the model's forward (torch.no_grad or inference_mode), "
+                "so no gradient can reach it.",
+                "Remove the no_grad / inference_mode around this part of the model's forward.",
+            ),
+            "not_used": Template(
+                "`{layer}` runs, but the explained score does not depend on its output.",
+                _HOOK_ON_THE_PATH,
+            ),
+            "zero_gradient": Template(
+                "The explained score's gradient at `{layer}` is zero everywhere.",
+                _HOOK_ON_THE_PATH,
+            ),
+        },
     ),
     Code(
         "HD203", "no-working-layer", _GRAD, "error",
@@ -328,6 +494,18 @@ input of the example's shape before it hands out ShapleyCAM kwargs.
 Use a first-order method on this layer (GradCAM, HiResCAM, GradCAMElementWise), hook a
 layer after that operation, or replace it by one with a double backward (torchvision's
 `deform_conv2d`, for example, has none).""",
+        # Fields: failure, the operation whose double backward failed. Raised as MethodUnsupportedError
+        # (message and fix in one sentence) by ShapleyCAM's kwargs.
+        templates={
+            "default": Template(
+                "ShapleyCAM cannot run on `{layer}`: it needs the second derivative of the score at this layer, and "
+                "the "
+                "model's backward is not differentiable again ({failure}).",
+                "Use GradCAM, HiResCAM or GradCAMElementWise, which need first-order gradients only, hook a layer "
+                "after "
+                "that operation, or replace it by one with a double backward; hookdoctor explain HD205.",
+            ),
+        },
     ),
     Code(
         "HD301", "token-layout", _LAYOUT, "info",
@@ -339,6 +517,14 @@ silently treat tokens as channels and return a one-dimensional "map" over the em
 The spec's `reshape_transform` drops the prefix tokens, reshapes the rest to the (H, W)
 grid and permutes to `[B, C, H, W]`; `spec.captum()` applies the same view for Captum.""",
         applies="spec",
+        # Fields: prefix (prefix tokens), cells (h * w), channels, h, w.
+        templates={
+            "default": Template(
+                "`{layer}` outputs tokens [B, {prefix}+{cells}, {channels}], not a [B, C, H, W] map.",
+                "The spec's reshape_transform drops {prefix} prefix token(s), reshapes to {h}x{w} and permutes to "
+                "[B, C, H, W].",
+            ),
+        },
     ),
     Code(
         "HD302", "prefix-tokens", _LAYOUT, "info",
@@ -351,6 +537,13 @@ silently.
 The spec drops the number of prefix tokens found in the model (`num_prefix_tokens`, its
 token parameters, the configuration) and confirmed by a locality probe.""",
         applies="spec",
+        # Fields: prefix (prefix tokens).
+        templates={
+            "default": Template(
+                "`{layer}` has {prefix} prefix tokens (CLS plus distillation or register tokens), not one.",
+                "The spec drops exactly {prefix} tokens before reshaping.",
+            ),
+        },
     ),
     Code(
         "HD303", "non-square-grid", _LAYOUT, "info",
@@ -361,6 +554,13 @@ non-square input, or - worse - reshape a 4 x 8 grid as 8 x 4 without error (corr
 
 The spec's grid is (H, W) from the input size and the layer's stride, height first.""",
         applies="spec",
+        # Fields: h, w.
+        templates={
+            "default": Template(
+                "The map of `{layer}` is {h}x{w} (height x width), not square.",
+                "The spec reshapes to ({h}, {w}), height first.",
+            ),
+        },
     ),
     Code(
         "HD304", "channels-last", _LAYOUT, "info",
@@ -373,6 +573,14 @@ harmless.
 
 The spec's `reshape_transform` permutes the output to `[B, C, H, W]`.""",
         applies="spec",
+        # Fields: h, w, channels.
+        templates={
+            "default": Template(
+                "`{layer}` outputs channels-last [B, {h}, {w}, {channels}]; every library would read {h} as the "
+                "channel count.",
+                "The spec's reshape_transform permutes it to [B, C, H, W].",
+            ),
+        },
     ),
     Code(
         "HD305", "no-spatial-extent", _LAYOUT, "error",
@@ -381,6 +589,13 @@ The spec's `reshape_transform` permutes the output to `[B, C, H, W]`.""",
 the map into zeros (pytorch-grad-cam, torchcam) or one constant (Captum).
 
 Hook the last layer before the pooling.""",
+        # Fields: structure, what the layer outputs.
+        templates={
+            "default": Template(
+                "`{layer}` outputs {structure}, which has no spatial grid to draw a map on.",
+                "Hook the last layer before global pooling.",
+            ),
+        },
     ),
     Code(
         "HD306", "not-image-aligned", _LAYOUT, "error",
@@ -395,6 +610,31 @@ recommendation: the input gradient of a probe cell must peak at that cell.
 
 Hook a layer whose output is a grid (or a token sequence in raster order) that follows the
 image.""",
+        # "default": the output's dimensions follow no geometry of the input (structure, input: "224x224");
+        # "not_from_image": the output needs no gradient; "other_input": call `index` of `module`
+        # processes another input; "misaligned": the locality probe failed (layout, as described).
+        templates={
+            "default": Template(
+                "`{layer}` outputs {structure}, whose dimensions do not follow the {input} input's geometry.",
+                "Hook a layer whose output is a grid or a token sequence over the image.",
+            ),
+            "not_from_image": Template(
+                "`{layer}` does not depend on the input image (its output needs no gradient even when the image does).",
+                "Hook a layer computed from the image.",
+            ),
+            "other_input": Template(
+                "Call {index} of `{module}` does not see the explained input: its output is not computed from it (it "
+                "processes another input, such as the other view of a siamese model).",
+                "Name the call of `{module}` that processes the explained input, or explain the other input.",
+            ),
+            "misaligned": Template(
+                "The cells of `{layer}` ({layout}) do not line up with the input: the input gradient of a probe cell "
+                "peaks elsewhere, so a map from it would be drawn in the wrong places (its tokens may be in another "
+                "order than rows of the image: mask units, windows, or shuffled).",
+                "Hook a layer whose cells follow the image in raster order, or pass the model's prefix-token count and "
+                "grid if they are unusual.",
+            ),
+        },
     ),
     Code(
         "HD307", "coarse-alignment", _LAYOUT, "warning",
@@ -420,6 +660,18 @@ ResNet on a small input - every channel is empty and FEM returns zeros, without 
 
 Use a layer with a finer grid (an earlier layer, or a larger input: the grid grows with
 it), pass a smaller `k` yourself, or use another method of the family on this layer.""",
+        # Fields: k (FEM's k), cells, h, w, bound (sqrt(cells - 1)), needed (the fewest cells that work).
+        # Raised as MethodUnsupportedError (message and fix in one sentence) by FEM's kwargs.
+        templates={
+            "default": Template(
+                "FEM cannot give a map at `{layer}`: it keeps the cells whose activation exceeds the channel's mean by "
+                "{k:g} standard deviations, and on a grid of {cells} cells ({h}x{w}) no cell can (at most "
+                "sqrt({cells} - 1) = {bound:.2f}), so the map is all zeros.",
+                "Use a layer with at least {needed} cells (an earlier layer, or a larger input), another method, or a "
+                "smaller k with the plain kwargs (`FEM(**spec.pytorch_grad_cam_kwargs(), k=1)`); hookdoctor explain "
+                "HD308.",
+            ),
+        },
     ),
     Code(
         "HD401", "several-target-layers", _NAMING, "warning",
@@ -429,5 +681,12 @@ with `target_layers` by position. A layer called twice, or one whose gradient do
 arrive, shifts the pairing and a layer's map is built from another layer's tensors.
 
 Use one spec per layer; hookdoctor judges each named layer on its own.""",
+        # Fields: count, how many layers were named.
+        templates={
+            "default": Template(
+                "{count} target layers were named; pytorch-grad-cam would pair their maps by position.",
+                "Use one spec per layer: each named layer is judged on its own below.",
+            ),
+        },
     ),
 )
