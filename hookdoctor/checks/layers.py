@@ -61,13 +61,18 @@ class CutOff:
     ) -> Diagnostic:
         """HD201 for one layer, or for several that fail the same way (reported at the first);
         ``spec_layer`` is the layer the spec uses instead, when there is one."""
-        variant = ("picked" if self.picks else "") + ("_instead" if spec_layer else "")
+        variant = {
+            (False, False): "default",
+            (True, False): "picked",
+            (False, True): "instead",
+            (True, True): "picked_instead",
+        }[(bool(self.picks), spec_layer is not None)]
         return Diagnostic.of(
             "HD201",
             layer=names[0],
             method=GRADCAM,
             severity=severity,
-            variant=variant.lstrip("_") or "default",
+            variant=variant,
             grid="x".join(map(str, self.grid)),
             layers=" and ".join(f"`{name}`" for name in names),
             them="them" if len(names) > 1 else "it",
