@@ -21,6 +21,42 @@ _HOOK_ON_THE_PATH = "Hook a layer on the path from the input to the score."
 NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
 
 
+_READ_THE_LAYER_FINDINGS = "Read the layer findings; hookdoctor explain HD203."
+_NEGATIVE_EVIDENCE_FIX = (
+    "Explain the predicted class or the negative score, or read the signed map; hookdoctor explain HD204."
+)
+_TASK = "Task: {task}, because {why}; the explained score (spec.model(x)[:, k]) is {score}."
+
+
+def _final_activation_call(*, saturated: bool) -> Template:
+    """HD004 for a softmax/sigmoid called as a function at the end of the forward."""
+    return Template(
+        "The model's forward ends in a {function} call (F.{function} / torch.{function}, seen in the autograd "
+        f"graph){', saturated at 1.0' if saturated else ''}; its gradient {'vanishes' if saturated else 'is damped'}"
+        ", so the logit before it is explained instead.",
+        "The spec's .model returns the input of that call; explain logits, not probabilities.",
+    )
+
+
+def _final_activation_module(*, saturated: bool) -> Template:
+    """HD004 for an nn.Softmax / nn.Sigmoid module at the end of the model."""
+    return Template(
+        f"The model ends in `{{layer}}` (softmax/sigmoid){', saturated at 1.0' if saturated else ''}; its gradient "
+        f"{'vanishes' if saturated else 'is damped'}, so the logit before it is explained instead.",
+        "The spec's .model returns the input of that module; explain logits, not probabilities.",
+    )
+
+
+def _three_d(kind: str, shape: str, view: str) -> Template:
+    """HD015 for a 3-D input of ``kind``."""
+    return Template(
+        f"The explained input is a 3-D {kind} {shape}; pytorch-grad-cam 1.5.7 takes only 4-D and 5-D inputs and "
+        "fails on it.",
+        f"Pass spec.as_backend_input(x) (the {view} view) to pytorch-grad-cam; spec.model accepts it. Captum "
+        "takes x itself.",
+    )
+
+
 _PICKS = " (the path from the score picks them with {picks})"
 _INSTEAD = "; the spec uses `{spec_layer}` instead"
 
@@ -47,6 +83,14 @@ Fix: give the attribution library a thin wrapper whose forward returns the logit
 The spec's `.model` is that wrapper (it returns `.logits`, or the named field / index), so
 `GradCAM(**spec.pytorch_grad_cam_kwargs())` and `spec.captum()` work unchanged.""",
         applies="spec",
+        # Fields: structure (what the model returns), expression (how the score is read from it,
+        # e.g. "output.logits").
+        templates={
+            "default": Template(
+                "The model returns {structure}; attribution libraries need the score tensor {expression}.",
+                "The spec's .model is a wrapper that returns it; pass spec.model, not the raw model, to the library.",
+            ),
+        },
     ),
     Code(
         "HD002", "several-heads", _MODEL, "warning",
@@ -60,6 +104,13 @@ hookdoctor picks the `logits` field when there is one, otherwise the first 2-D t
 says which. If you meant another head, name it: `hookdoctor.inspect(model, x, output=1)` for
 a tuple index, `output="main"` for a dict key or ModelOutput field (`--output` on the
 command line); the spec's `.model` then returns that head.""",
+        # Fields: expression (the head explained, e.g. "output[0]"), others (the heads passed over, ", "-joined).
+        templates={
+            "default": Template(
+                "The model returns several score tensors; {expression} was explained and {others} passed over.",
+                "If you meant another head, name it: inspect(..., output=KEY_OR_INDEX) (--output on the command line).",
+            ),
+        },
     ),
     Code(
         "HD003", "zero-initialised-head", _MODEL, "warning",
@@ -72,6 +123,14 @@ weights, not of the layer: a trained model has a non-zero head.
 hookdoctor judges the layers with a surrogate score (a fixed random projection of the
 head's input), which has the same structure as the real score. Load trained weights, or
 re-initialise the head, before reading any map from this model.""",
+        # Fields: layer (the head).
+        templates={
+            "default": Template(
+                "The head `{layer}` has all-zero weights, so the score's gradient is zero for every layer; layers were "
+                "judged with a surrogate score instead.",
+                "Load trained weights (or re-initialise the head) before reading any map from this model.",
+            ),
+        },
     ),
     Code(
         "HD004", "saturated-output", _MODEL, "warning",
@@ -87,6 +146,15 @@ called at the end of `forward`: the autograd graph shows the latter (the score's
 `SoftmaxBackward0` or `SigmoidBackward0`), and the spec's `.model` takes the input of that
 call.""",
         applies="spec",
+        # "function": the forward ends in F.softmax/torch.sigmoid-style call (function: "softmax" or
+        # "sigmoid"); "module": in an nn.Softmax/nn.Sigmoid module (layer). "*_saturated" when the
+        # probability is saturated (a warning; the others are info: pass severity="info").
+        templates={
+            "function": _final_activation_call(saturated=False),
+            "function_saturated": _final_activation_call(saturated=True),
+            "module": _final_activation_module(saturated=False),
+            "module_saturated": _final_activation_module(saturated=True),
+        },
     ),
     Code(
         "HD005", "gradients-disabled", _MODEL, "info",
@@ -100,6 +168,19 @@ attribute 'shape'".
 The spec's `.model` runs with grad enabled and makes its input require grad, so every
 activation on the way to the score carries a gradient without unfreezing any parameter.""",
         applies="spec",
+        # "frozen": the parameters up to the layer are frozen; "grad_mode_off": grad mode was off.
+        templates={
+            "frozen": Template(
+                "The output of `{layer}` would not require grad (its parameters up to this layer are frozen); "
+                "pytorch-grad-cam would skip its gradient hook.",
+                "The spec's .model enables grad and makes its input require grad.",
+            ),
+            "grad_mode_off": Template(
+                "The output of `{layer}` would not require grad (grad mode was off); pytorch-grad-cam would skip its "
+                "gradient hook.",
+                "The spec's .model enables grad and makes its input require grad.",
+            ),
+        },
     ),
     Code(
         "HD006", "nondeterministic-forward", _MODEL, "warning",
@@ -173,6 +254,16 @@ predicted as k on the example input - the score of pytorch-grad-cam's
 `target=k` explain class k's region. `report.target` is the class predicted on the most
 pixels. The masks belong to the example input: inspect again for another image.""",
         applies="spec",
+        # Fields (as for HD011, HD012, HD014): task, why (why this task was chosen), score (what the
+        # explained score is).
+        templates={
+            "default": Template(
+                _TASK,
+                "Use spec.model and ClassifierOutputTarget(k) (or Captum's target=k) for class k; the masks are those "
+                "of "
+                "the example input, so inspect again for another image.",
+            ),
+        },
     ),
     Code(
         "HD011", "embedding-score", _MODEL, "info",
@@ -190,6 +281,19 @@ your concept, or of the image you compare to) to explain what you mean. Without 
 hookdoctor judges the layers with a fixed, seeded random direction (a warning): the layers
 it recommends are the same, but the map explains no concept of yours. `report.target` is 0.""",
         applies="spec",
+        # Fields: task, why, score. "default": no reference= was given (a warning: pass
+        # severity="warning"); "reference": the user's reference embedding.
+        templates={
+            "default": Template(
+                _TASK,
+                "Pass reference= (the embedding of your concept or reference input) so that the map explains "
+                "similarity "
+                "to it; report.target is 0, the only column.",
+            ),
+            "reference": Template(
+                _TASK, "Use spec.model and target 0: the map explains the similarity to your reference."
+            ),
+        },
     ),
     Code(
         "HD012", "detection-score", _MODEL, "info",
@@ -205,6 +309,15 @@ the class score alone), and 0 when none matches. `ClassifierOutputTarget(k)` and
 `target=k` explain detection k; `report.target` is 0, the top-scoring detection. The
 detections belong to the example input: inspect again for another image.""",
         applies="spec",
+        # Fields: task, why, score.
+        templates={
+            "default": Template(
+                _TASK,
+                "Use spec.model and ClassifierOutputTarget(k) for example detection k (report.target is the "
+                "top-scoring "
+                "one); the detections are those of the example input, so inspect again for another image.",
+            ),
+        },
     ),
     Code(
         "HD013", "no-detection", _MODEL, "error",
@@ -246,6 +359,14 @@ example input; `explain=` names the entry the map covers (by default the only
 floating-point image). Without an example input, hookdoctor builds two fixed token
 sequences to judge the layers with.""",
         applies="spec",
+        # Fields: task, why, score.
+        templates={
+            "default": Template(
+                _TASK,
+                "Use spec.model and ClassifierOutputTarget(k) for text k; pass the texts you want as input_ids in the "
+                "example input (explain= names the image entry).",
+            ),
+        },
     ),
     Code(
         "HD015", "three-dimensional-input", _LAYOUT, "info",
@@ -260,6 +381,11 @@ sequences to judge the layers with.""",
 `[B, C, L]` layer as `[B, C, 1, L]`. Captum takes `x` itself: `spec.captum().attribute(x,
 target=...)` is `[B, 1, *spec.grid]`.""",
         applies="spec",
+        # One variant per 3-D input kind.
+        templates={
+            "spectrogram": _three_d("spectrogram", "[B, T, F]", "[B, 1, T, F]"),
+            "signal": _three_d("signal", "[B, C, L]", "[B, C, 1, L]"),
+        },
     ),
     Code(
         "HD101", "unknown-layer", _NAMING, "error",
@@ -461,6 +587,34 @@ gradient, no grid) were not candidates, and the layer table shows their codes.
 
 Check the findings for the layers you expected to work; if the model's score does not
 depend on the image (a zero head, a constant output), fix that first.""",
+        # "no_score_gradient": the score itself carries none; "input_gradient_zero": the score does not
+        # depend on the image; "nothing_works": no candidate layer; "nothing_works_tried": count
+        # candidates tried, tried (the first few as "`name` (why, CODE)", "; "-joined, then ", and N
+        # more" when some are left out).
+        templates={
+            "no_score_gradient": Template(
+                "The model's score carries no gradient: its forward computes it with gradients disabled "
+                "(torch.no_grad / inference_mode) or detaches it.",
+                "Remove the no_grad, inference_mode or .detach() from the model's forward path to the score.",
+            ),
+            "input_gradient_zero": Template(
+                "The explained score has no gradient with respect to the input image: the forward does not use the "
+                "image, or runs the path from it under torch.no_grad / torch.inference_mode, or detaches it.",
+                "Check the model's head and weights (a constant score has nothing to explain), and remove the no_grad, "
+                "inference_mode or .detach() between the image and the score.",
+            ),
+            "nothing_works": Template(
+                "No layer gives a working Grad-CAM map on this input: no layer runs once, returns a plain tensor laid "
+                "out over the image, receives gradient from the score and lies outside the attention internals (the "
+                "layer table says which check each one fails).",
+                _READ_THE_LAYER_FINDINGS,
+            ),
+            "nothing_works_tried": Template(
+                "No layer gives a working Grad-CAM map on this input. Tried every candidate ({count}), latest first: "
+                "{tried}.",
+                _READ_THE_LAYER_FINDINGS,
+            ),
+        },
     ),
     Code(
         "HD204", "negative-evidence-only", _GRAD, "warning",
@@ -474,6 +628,18 @@ Explain the class the model predicts, explain the negative score
 (`BinaryClassifierOutputTarget(0)` for a single-logit model), or look at the signed map
 (Captum: `relu_attributions=False`). hookdoctor recommends the next layer whose map is
 not empty for this class and says so.""",
+        # Fields: target (the class explained); spec_layer ("instead": the layer the spec uses).
+        templates={
+            "default": Template(
+                "Grad-CAM at `{layer}` is all zeros for class {target}: the layer holds only negative evidence for it.",
+                _NEGATIVE_EVIDENCE_FIX,
+            ),
+            "instead": Template(
+                "Grad-CAM at `{layer}` is all zeros for class {target}: the layer holds only negative evidence for it; "
+                "the spec uses `{spec_layer}` instead.",
+                _NEGATIVE_EVIDENCE_FIX,
+            ),
+        },
     ),
     Code(
         "HD205", "no-second-order-gradient", _GRAD, "error",
@@ -648,6 +814,13 @@ grid - so the spec is handed out, but its map is coarser than the grid suggests.
 
 Prefer an earlier layer if you need sharp maps (`--layer`), or check the map on a batch
 of two inputs.""",
+        templates={
+            "default": Template(
+                "The cells of `{layer}` keep the image's order, but their input gradients peak more than a cell away "
+                "from them: each cell looks at much of the image, so the map is coarse.",
+                "Prefer an earlier layer for a sharper map (--layer), or check the map on a batch of two inputs.",
+            ),
+        },
     ),
     Code(
         "HD308", "grid-too-small-for-fem", _LAYOUT, "error",
