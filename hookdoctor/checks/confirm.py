@@ -98,14 +98,7 @@ class Confirmer:
         result = self._confirm(j)
         self._done[j.name] = result
         if result.failure == CELLS_MISALIGNED:
-            j.add(
-                "HD306",
-                f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
-                "gradient of a probe cell peaks elsewhere, so a map from it would be drawn in the wrong places "
-                "(its tokens may be in another order than rows of the image: mask units, windows, or shuffled).",
-                "Hook a layer whose cells follow the image in raster order, or pass the model's prefix-token "
-                "count and grid if they are unusual.",
-            )
+            j.add("HD306", variant="misaligned", layout=j.layouts[0].describe())
         return result
 
     def _confirm(self, j: Judgement) -> Confirmation:
