@@ -109,22 +109,9 @@ def inspect(
     modules = {prefix + name: module for name, module in inner.named_modules() if name} if runner is not inner else None
     diagnostics: list[Diagnostic] = []
     if wrappers:
-        diagnostics.append(
-            Diagnostic.of(
-                "HD601",
-                f"The model is wrapped by {' and '.join(wrappers)}; its inner module was inspected and layer "
-                f"names carry the prefix `{prefix}`.",
-                "Nothing to do: the spec's layer is the module your model holds.",
-            )
-        )
+        diagnostics.append(Diagnostic.of("HD601", wrappers=" and ".join(wrappers), prefix=prefix))
     if len(requested) > 1:
-        diagnostics.append(
-            Diagnostic.of(
-                "HD401",
-                f"{len(requested)} target layers were named; pytorch-grad-cam would pair their maps by position.",
-                "Use one spec per layer: each named layer is judged on its own below.",
-            )
-        )
+        diagnostics.append(Diagnostic.of("HD401", count=len(requested)))
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
@@ -241,7 +228,7 @@ def _refused(
     structure_only: bool,
 ) -> Report:
     """The report for an output whose task cannot be explained on this input: the coded reason, no spec."""
-    found = Diagnostic.of(refusal.code, refusal.message, refusal.fix, method=GRADCAM)
+    found = Diagnostic.of(refusal.code, method=GRADCAM, variant=refusal.variant)
 
     def unjudged(name: str) -> LayerVerdict:
         return LayerVerdict(name=name, usable=False, diagnostics=[found])
@@ -302,12 +289,7 @@ def _rollout_not_applicable(
     if refusal is None:
         return wanted, found
     note = Diagnostic.of(
-        "HD514",
-        refusal.message,
-        "Nothing to do: Grad-CAM alone is judged. Ask for rollout by name (methods=('rollout',), "
-        f"--method rollout) to see it refused as {refusal.code}.",
-        layer=refusal.layer,
-        method=arguments.ROLLOUT,
+        "HD514", layer=refusal.layer, method=arguments.ROLLOUT, reason=refusal.message, refused_as=refusal.code
     )
     rest = [d for d in found if d is not refusal and d.method != arguments.ROLLOUT]
     return tuple(m for m in wanted if m != arguments.ROLLOUT), [note, *rest]
@@ -319,26 +301,12 @@ def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 def _nondeterministic() -> Diagnostic:
     """HD006: the eval-mode forward drew random numbers (read off the RNG state, at no extra cost)."""
-    return Diagnostic.of(
-        "HD006",
-        "The forward pass draws random numbers in eval mode (the global random number generator advanced): "
-        "something random runs at inference, so every map changes from call to call.",
-        "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
-        "explaining it; hookdoctor explain HD006.",
-    )
+    return Diagnostic.of("HD006")
 
 
 def _shuffled_tokens() -> Diagnostic:
     """HD007: random numbers drawn and tokens gathered by an index computed from the image (ViTMAE)."""
-    return Diagnostic.of(
-        "HD007",
-        "The token order is shuffled: the forward draws random numbers and gathers the image's tokens by an "
-        "index made from them (as ViTMAE's random masking does, even with mask_ratio=0), so every layer after "
-        "the gather holds the patches in a new order on each call and no map from it follows the image.",
-        "Keep the patch order: pass sorted noise (ViTMAE: model(pixel_values=x, noise=torch.arange(num_patches)"
-        ".expand(batch, -1)) with config.mask_ratio=0.0), or explain a layer before the shuffle; hookdoctor "
-        "explain HD007.",
-    )
+    return Diagnostic.of("HD007")
 
 
 def _refuse_non_finite_scores(probe: Probe) -> None:
@@ -412,12 +380,11 @@ def _aliases(tree: nx.DiGraph, verdicts: dict[str, LayerVerdict]) -> dict[str, s
 
 def _unknown_layer(name: str, names: list[str]) -> LayerVerdict:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Close matches: {', '.join(f'`{c}`' for c in close)}." if close else ""
     diagnostic = Diagnostic.of(
         "HD101",
-        f"No module is named exactly `{name}`.{hint}",
-        "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
         layer=name,
         method=GRADCAM,
+        variant="close_matches" if close else "default",
+        matches=", ".join(f"`{c}`" for c in close),
     )
     return LayerVerdict(name=name, usable=False, diagnostics=[diagnostic], suggestions=close)

@@ -99,14 +99,7 @@ class Confirmer:
         if result.failure != CELLS_MISALIGNED:
             return result
         misaligned = Diagnostic.of(
-            "HD306",
-            f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
-            "gradient of a probe cell peaks elsewhere, so a map from it would be drawn in the wrong places "
-            "(its tokens may be in another order than rows of the image: mask units, windows, or shuffled).",
-            "Hook a layer whose cells follow the image in raster order, or pass the model's prefix-token "
-            "count and grid if they are unusual.",
-            layer=j.name,
-            method=GRADCAM,
+            "HD306", layer=j.name, method=GRADCAM, variant="misaligned", layout=j.layouts[0].describe()
         )
         return dataclasses.replace(result, diagnostics=(misaligned,))
 
