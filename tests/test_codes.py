@@ -20,10 +20,6 @@ from hookdoctor.codes import REGISTRY, Code, Diagnostic, Template
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hookdoctor"
 
-# Temporary: checks/recommend.py was split into these modules, and their call sites still write
-# their sentences. Whoever converts them to the templates in codes/ removes the entries.
-LITERAL_TEXT_ALLOWED = {"checks/recommend.py", "checks/notes.py", "checks/pitfalls.py", "checks/score.py"}
-
 # Functions that take a code and its fields, and the fields each passes on its own.
 _CODED_CALLS: dict[str, frozenset[str]] = {
     "of": frozenset(),  # Diagnostic.of: ``layer=`` is a field when given
@@ -123,8 +119,6 @@ def call_sites() -> list[CallSite]:
             first = call.args[0]
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str) and _CODE.match(first.value)):
                 continue
-            if name == "of" and len(call.args) > 1:
-                continue  # writes its own message and fix (LITERAL_TEXT_ALLOWED): no template is read
             code = REGISTRY[first.value]
             keywords = {k.arg: k.value for k in call.keywords}
             variant = keywords.get("variant")
@@ -187,8 +181,6 @@ def test_each_call_site_passes_the_fields_its_templates_read(site: CallSite) -> 
 def test_no_call_site_outside_codes_writes_a_message() -> None:
     literal = []
     for path, module in _modules():
-        if path in LITERAL_TEXT_ALLOWED:
-            continue
         for call, _ in _with_scopes(module):
             name = _name(call.func)
             passes_text = name == "of" and len(call.args) > 1  # Diagnostic.of(code, message, fix)
@@ -200,12 +192,6 @@ def test_no_call_site_outside_codes_writes_a_message() -> None:
             if passes_text:
                 literal.append(f"{path}:{call.lineno}")
     assert not literal, f"these call sites write a code's text instead of passing fields: {literal}"
-
-
-def test_the_allowed_literal_files_still_exist() -> None:
-    """The exception list shrinks with the code: an entry whose file is gone, or converted, is stale."""
-    for path in LITERAL_TEXT_ALLOWED:
-        assert (PACKAGE / path).exists(), f"{path} is gone: remove it from LITERAL_TEXT_ALLOWED"
 
 
 def test_render_names_a_missing_field() -> None:

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from hookdoctor.codes import Diagnostic
-from hookdoctor.codes._gradcam import NO_GRADIENT_FIX  # noqa: F401 - for checks/recommend.py until it uses CutOff
 from hookdoctor.geometry.layout import Layout, infer_layouts, spatial_extent
 from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.run import CallRecord, ModuleRecord, Probe
@@ -79,13 +78,6 @@ class CutOff:
             picks=", ".join(self.picks),
             spec_layer=spec_layer,
         )
-
-    def message(self, names: list[str], instead: str = "") -> str:
-        """HD201's sentence for ``names``, with ``instead`` spliced in before the full stop.
-
-        Temporary, for checks/recommend.py until it calls ``diagnostic`` (with ``spec_layer``).
-        """
-        return self.diagnostic(names).message[:-1] + instead + "."
 
 
 @dataclass

@@ -9,7 +9,6 @@ them).
 from __future__ import annotations
 
 from hookdoctor.checks.judgements import Judgements
-from hookdoctor.checks.layers import GRADCAM, NO_GRADIENT_FIX
 from hookdoctor.codes import Diagnostic
 from hookdoctor.model.tree import module_kind
 from hookdoctor.probe.run import Probe
@@ -20,7 +19,6 @@ def pitfalls(judgements: Judgements, probe: Probe, spec: GradCAMSpec | None) -> 
     """HD201 (info) for the dead blocks and norms a user would hook by habit; none when there are none."""
     modules = judgements.modules
     dead = [name for name, j in modules.items() if j.cut_off is not None]
-    instead = f"; the spec uses `{spec.layer_name}` instead" if spec is not None else ""
     live = spec.module_name if spec is not None else ""
     included: list[str] = []
     for name in sorted(dead, key=lambda n: (n.count("."), n)):
@@ -40,13 +38,4 @@ def pitfalls(judgements: Judgements, probe: Probe, spec: GradCAMSpec | None) -> 
     # One finding for all of them: they fail for the same reason, and the report stays one screen.
     cut_off = modules[included[0]].cut_off
     assert cut_off is not None  # every layer in `dead` has HD201, which sets it
-    return [
-        Diagnostic.of(
-            "HD201",
-            cut_off.message(included, instead),
-            NO_GRADIENT_FIX,
-            layer=included[0],
-            method=GRADCAM,
-            severity="info",
-        )
-    ]
+    return [cut_off.diagnostic(included, spec.layer_name if spec is not None else None, severity="info")]

@@ -153,22 +153,15 @@ def _representative(group: list[Judgement], probe: Probe) -> Judgement:
 def _nothing_works(tried: list[tuple[Judgement, Confirmation]]) -> Diagnostic:
     """HD203, naming the layers tried and why each failed (the first few, and how many more)."""
     if not tried:
-        message = (
-            "No layer gives a working Grad-CAM map on this input: no layer runs once, returns a plain tensor "
-            "laid out over the image, receives gradient from the score and lies outside the attention "
-            "internals (the layer table says which check each one fails)."
-        )
-    else:
-        reasons = []
-        for j, confirmation in tried[:_LISTED_TRIES]:
-            codes = [d.code for d in _errors(j, confirmation)]
-            reasons.append(f"`{j.name}` ({confirmation.failure}{', ' + codes[0] if codes else ''})")
-        more = f", and {len(tried) - _LISTED_TRIES} more" if len(tried) > _LISTED_TRIES else ""
-        message = (
-            f"No layer gives a working Grad-CAM map on this input. Tried every candidate ({len(tried)}), "
-            f"latest first: {'; '.join(reasons)}{more}."
-        )
-    return Diagnostic.of("HD203", message, "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM)
+        return Diagnostic.of("HD203", method=GRADCAM, variant="nothing_works")
+    reasons = []
+    for j, confirmation in tried[:_LISTED_TRIES]:
+        codes = [d.code for d in _errors(j, confirmation)]
+        reasons.append(f"`{j.name}` ({confirmation.failure}{', ' + codes[0] if codes else ''})")
+    more = f", and {len(tried) - _LISTED_TRIES} more" if len(tried) > _LISTED_TRIES else ""
+    return Diagnostic.of(
+        "HD203", method=GRADCAM, variant="nothing_works_tried", count=len(tried), tried="; ".join(reasons) + more
+    )
 
 
 def _layout_reasons(layout: Layout, probe: Probe) -> tuple[str, ...]:

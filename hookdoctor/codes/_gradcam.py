@@ -18,7 +18,7 @@ _ROUTES_ONE_CALL = (
     "hooks that call and nothing else."
 )
 _HOOK_ON_THE_PATH = "Hook a layer on the path from the input to the score."
-NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
+_NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
 
 
 _READ_THE_LAYER_FINDINGS = "Read the layer findings; hookdoctor explain HD203."
@@ -66,7 +66,7 @@ def _cut_off(via: str = "", instead: str = "") -> Template:
     return Template(
         "No gradient reaches the {grid} patch tokens of {layers}: after {them} the classifier reads only the "
         f"prefix token(s){via}, so Grad-CAM there is all zeros{instead}.",
-        NO_GRADIENT_FIX,
+        _NO_GRADIENT_FIX,
     )
 
 CODES = (
