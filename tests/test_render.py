@@ -7,11 +7,17 @@ import re
 
 from rich.console import Console
 
+from hookdoctor.codes import get
 from hookdoctor.render.terminal import collapse_names, group_findings, render_report
 from hookdoctor.report import Diagnostic, LayerVerdict, Report
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;[0-9;]+)m")
 
+
+
+def _finding(code: str, message: str, fix: str, *, layer: str | None = None, method: str | None = None) -> Diagnostic:
+    """A finding with text of the test's own: the renderer lays out whatever a finding says."""
+    return Diagnostic(code, get(code).severity, layer, message, fix, method)
 
 def _report(diagnostics: list[Diagnostic], verdicts: dict[str, LayerVerdict] | None = None) -> Report:
     return Report(
@@ -44,7 +50,7 @@ def _row(
     name: str, type_: str, *, usable: bool, code: str = "", kind: str = "block", output: str = "Tensor[1, 5, 8]"
 ) -> LayerVerdict:
     """A module's verdict as the tree shows it: a usable block's tokens, or the code that fails it."""
-    found = [Diagnostic.of(code, f"`{name}` fails.", "Hook another layer.", layer=name)] if code else []
+    found = [_finding(code, f"`{name}` fails.", "Hook another layer.", layer=name)] if code else []
     layout, grid = ("tokens", (2, 2)) if usable else (None, None)
     return LayerVerdict(name, usable, found, layout, grid, type=type_, kind=kind, calls=1, output=output)
 
@@ -60,11 +66,11 @@ def _text(report: Report, *, terminal: bool = False, width: int = 100, **kwargs)
 
 def _note(code: str, layer: str | None) -> Diagnostic:
     where = f"`{layer}`" if layer else "The model"
-    return Diagnostic.of(code, f"{where} needs care.", "Nothing to change.", layer=layer, method="gradcam")
+    return _finding(code, f"{where} needs care.", "Nothing to change.", layer=layer, method="gradcam")
 
 
 def _attn(i: int) -> Diagnostic:
-    return Diagnostic.of(
+    return _finding(
         "HD508",
         f"`blocks.{i}.attn` computes no attention.",
         "Use Grad-CAM.",
@@ -104,7 +110,7 @@ def test_repeated_findings_are_shown_once_with_the_collapsed_layer():
 
 
 def test_report_reads_as_a_checklist_then_findings():
-    head = Diagnostic.of(
+    head = _finding(
         "HD305", "`head` outputs [B, 10], no grid.", "Hook blocks.1 instead.", layer="head", method="gradcam"
     )
     text = _text(_report([head, _attn(0)]))
@@ -131,7 +137,7 @@ def test_layer_verdict_line_with_suggestions():
     verdict = LayerVerdict(
         "blocks.9",
         False,
-        [Diagnostic.of("HD101", "No module is named `blocks.9`.", "Use blocks.2.", layer="blocks.9")],
+        [_finding("HD101", "No module is named `blocks.9`.", "Use blocks.2.", layer="blocks.9")],
         suggestions=["blocks.2"],
     )
     text = _text(_report([], {"blocks.9": verdict}))
@@ -174,7 +180,7 @@ def test_report_is_a_rich_renderable():
 
 
 def _mixed_findings() -> list[Diagnostic]:
-    head = Diagnostic.of(
+    head = _finding(
         "HD305", "`head` outputs [B, 10], no grid.", "Hook blocks.1 instead.", layer="head", method="gradcam"
     )
     notes = [_note("HD001", None)] + [_note("HD301", f"blocks.{i}.norm") for i in range(6)]
@@ -225,11 +231,11 @@ def test_compact_finding_does_not_repeat_a_layer_its_cause_names():
     text = _text(_report(_mixed_findings()), terminal=True)
     assert "--> head" not in text and "cause `head` outputs" in text
     # "head" as a word is not the layer named: only a quoted name, or a dotted one, counts
-    unnamed = Diagnostic.of("HD305", "The head outputs [B, 10].", "Hook blocks.1.", layer="head", method="gradcam")
+    unnamed = _finding("HD305", "The head outputs [B, 10].", "Hook blocks.1.", layer="head", method="gradcam")
     assert "--> head" in _text(_report([unnamed]), terminal=True)
-    dotted = Diagnostic.of("HD508", "blocks.0.attn and 3 more compute none.", "Use Grad-CAM.", layer="blocks.0.attn")
+    dotted = _finding("HD508", "blocks.0.attn and 3 more compute none.", "Use Grad-CAM.", layer="blocks.0.attn")
     assert "--> blocks.0.attn" not in _text(_report([dotted]), terminal=True)
-    prefix = Diagnostic.of("HD508", "blocks.0.attn.qkv computes none.", "Use Grad-CAM.", layer="blocks.0.attn")
+    prefix = _finding("HD508", "blocks.0.attn.qkv computes none.", "Use Grad-CAM.", layer="blocks.0.attn")
     assert "--> blocks.0.attn" in _text(_report([prefix]), terminal=True)
 
 
@@ -244,11 +250,11 @@ def test_compact_header_leaves_out_the_source_rather_than_wrap():
 
 
 def test_closing_line_counts_and_marks():
-    warning = Diagnostic.of("HD003", "`head` is all zero.", "Load weights.", layer="head", method="gradcam")
+    warning = _finding("HD003", "`head` is all zero.", "Load weights.", layer="head", method="gradcam")
     verdict = LayerVerdict(
         "blocks.9",
         False,
-        [Diagnostic.of("HD101", "No module is named `blocks.9`.", "Use blocks.2.", layer="blocks.9")],
+        [_finding("HD101", "No module is named `blocks.9`.", "Use blocks.2.", layer="blocks.9")],
     )
     report = _report([warning], {"blocks.9": verdict})
     last = _text(report, terminal=True, width=120).splitlines()[-1]

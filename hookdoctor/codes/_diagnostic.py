@@ -25,8 +25,6 @@ class Diagnostic:
     def of(
         cls,
         code: str,
-        message: str | None = None,
-        fix: str | None = None,
         *,
         layer: str | None = None,
         method: str | None = None,
@@ -36,11 +34,11 @@ class Diagnostic:
     ) -> Diagnostic:
         """A finding of ``code``: its message and fix from the code's ``variant`` template and ``fields``.
 
-        The severity defaults to the one registered for the code.
+        The severity defaults to the one registered for the code. There is no way to pass a
+        message or fix of one's own: every finding reads as its code's templates say.
         """
         entry = get(code)
-        if message is None or fix is None:
-            message, fix = entry.render(variant, {"layer": layer, **fields})
+        message, fix = entry.render(variant, {"layer": layer, **fields})
         return cls(entry.code, severity or entry.severity, layer, message, fix, method)
 
     @property
