@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hookdoctor"
 # Functions that take a code and its fields, and the fields each passes on its own.
 _CODED_CALLS: dict[str, frozenset[str]] = {
     "of": frozenset(),  # Diagnostic.of: ``layer=`` is a field when given
-    "add": frozenset({"layer"}),  # Judgement.add: the judgement's layer
+    "add": frozenset({"layer"}),  # checks.layers._Findings.add: the layer judged
     "note": frozenset({"layer", "h", "w"}),  # layout_notes: the layer and its grid
     "TaskRefusal": frozenset(),
     "_unsupported": frozenset(),  # cam_family's MethodUnsupportedError from a template

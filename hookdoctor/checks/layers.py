@@ -13,7 +13,7 @@ the explained input (the other view of a siamese model) is.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,11 +80,13 @@ class CutOff:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Judgement:
+    """What ``judge`` found about one layer (or one call ``NAME#k``); fixed once it is returned."""
+
     name: str
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    layouts: list[Layout] = field(default_factory=list)
+    diagnostics: tuple[Diagnostic, ...] = ()
+    layouts: tuple[Layout, ...] = ()
     call: CallRecord | None = None
     holds_only: bool = False  # a ModuleList/ModuleDict: nothing to judge in the module tree
     module_name: str = ""  # the module judged; differs from ``name`` for one call (``NAME#k``)
@@ -108,9 +110,17 @@ class Judgement:
     def layout(self) -> Layout | None:
         return self.layouts[0] if self.layouts else None
 
+
+class _Findings:
+    """The findings of one layer while it is judged: ``add`` writes each from its code's template."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.found: list[Diagnostic] = []
+
     def add(self, code: str, *, variant: str = "default", **fields: Any) -> None:
         """A finding of ``code`` at this layer, written from the code's ``variant`` template and ``fields``."""
-        self.diagnostics.append(Diagnostic.of(code, layer=self.name, method=GRADCAM, variant=variant, **fields))
+        self.found.append(Diagnostic.of(code, layer=self.name, method=GRADCAM, variant=variant, **fields))
 
 
 def observed_grids(probe: Probe) -> list[tuple[int, int]]:
@@ -126,10 +136,11 @@ def observed_grids(probe: Probe) -> list[tuple[int, int]]:
 
 def call_out_of_range(module: str, count: int, index: int) -> Judgement:
     """HD102 for ``NAME#k`` when the module made k calls or fewer (``count``): that call never happens."""
-    j = Judgement(call_name(module, index), module_name=module, call_index=index, calls=count)
+    name = call_name(module, index)
+    j = _Findings(name)
     variant = "call_never_runs" if not count else "call_after_only_one" if count == 1 else "call_after_last"
     j.add("HD102", variant=variant, module=module, index=index, calls=count, last=count - 1)
-    return j
+    return Judgement(name, tuple(j.found), module_name=module, call_index=index, calls=count)
 
 
 def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> Judgement:
@@ -139,16 +150,20 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
     makes sure the call happened (``call_out_of_range`` otherwise).
     """
     name = record.name if call_index is None else call_name(record.name, call_index)
-    j = Judgement(name, module_name=record.name, call_index=call_index, calls=len(record.calls))
+    j = _Findings(name)
+
+    def judgement(**facts: Any) -> Judgement:
+        return Judgement(
+            name, tuple(j.found), module_name=record.name, call_index=call_index, calls=len(record.calls), **facts
+        )
+
     if not record.calls and isinstance(record.module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
-        j.holds_only = True
         j.add("HD102", variant="container", kind=type(record.module).__name__)
-        return j
+        return judgement(holds_only=True)
     if not record.calls:
         j.add("HD102")
-        return j
+        return judgement()
     call = record.calls[call_index or 0]
-    j.call = call
     if call_index is None and len(record.calls) > 1:
         j.add("HD103", calls=len(record.calls), last=len(record.calls) - 1)
     if not call.is_tensor:
@@ -160,49 +175,51 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
     axes = probe.input_axes or probe.image_hw
     if shape is None or len(shape) < 3 or spatial_extent(shape, axes) <= 1:
         j.add("HD305", structure=call.structure)
-        return j
-    j.layouts = infer_layouts(
-        shape,
-        axes,
-        probe.batch,
-        module=record.module,
-        observed_grids=ctx.observed_grids,
-        prefix_hint=ctx.prefix_hint,
-        swapped_too=probe.input_kind == "spectrogram",
+        return judgement(call=call)
+    layouts = tuple(
+        infer_layouts(
+            shape,
+            axes,
+            probe.batch,
+            module=record.module,
+            observed_grids=ctx.observed_grids,
+            prefix_hint=ctx.prefix_hint,
+            swapped_too=probe.input_kind == "spectrogram",
+        )
     )
-    if not j.layouts:
+    if not layouts:
         j.add("HD306", structure=call.structure, input="x".join(str(a) for a in axes))
-        return j
+        return judgement(call=call)
     if not call.requires_grad and not call.grad_enabled:
         j.add("HD202", variant="no_grad_mode")
-        return j
+        return judgement(call=call, layouts=layouts)
     if not call.requires_grad:
         j.add("HD306", variant="not_from_image")
-        return j
+        return judgement(call=call, layouts=layouts)
     # Checked before the gradient: the probe differentiates towards the input only, so another
     # view's call has no gradient recorded although the score depends on it.
     if call_index is not None and not ctx.grad_graph.depends_on(call.grad_fn, probe.input_image):
-        j.other_input = True
         j.add("HD306", variant="other_input", index=call_index, module=record.name)
-        return j
+        return judgement(call=call, layouts=layouts, other_input=True)
     if call.grad is None:
         j.add("HD202", variant="not_used")
-        return j
-    layout = j.layouts[0]
+        return judgement(call=call, layouts=layouts)
+    layout = layouts[0]
+    cut_off = None
     if probe.structure_only:  # no gradient values on the meta device: the graph decides
         picks = probe.cut_off_by_pick(call, shape[1]) if layout.kind == "tokens" and layout.prefix_tokens else None
         if picks is not None:
-            j.cut_off = CutOff(layout.grid, picks)
-            j.diagnostics.append(j.cut_off.diagnostic([name]))
-        return j
+            cut_off = CutOff(layout.grid, picks)
+            j.found.append(cut_off.diagnostic([name]))
+        return judgement(call=call, layouts=layouts, cut_off=cut_off)
     cells, prefix = call.grad.cell_energy(layout)
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
-            j.cut_off = CutOff(layout.grid, tuple(dict.fromkeys(ctx.grad_graph.picks_between(call.grad_fn))))
-            j.diagnostics.append(j.cut_off.diagnostic([name]))
+            cut_off = CutOff(layout.grid, tuple(dict.fromkeys(ctx.grad_graph.picks_between(call.grad_fn))))
+            j.found.append(cut_off.diagnostic([name]))
         else:
             j.add("HD202", variant="zero_gradient")
-    return j
+    return judgement(call=call, layouts=layouts, cut_off=cut_off)
 
 
 def layout_notes(j: Judgement, layout: Layout) -> list[Diagnostic]:
