@@ -22,7 +22,7 @@ from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
-from hookdoctor.model.memory import guard_pass
+from hookdoctor.model.memory import guard_pass, release_freed_memory
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
@@ -161,6 +161,7 @@ def inspect(
             call_counts = {name: len(record.calls) for name, record in probe.records.items()}
             module_names = list(analysis.judgements)
         aliases = _aliases(build_tree(runner, prefix), all_verdicts)
+    release_freed_memory()  # the pass's activations are gone: their pages go back too
 
     def check_layer(name: str) -> LayerVerdict:
         name = arguments.layer_name(name)

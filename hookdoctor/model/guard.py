@@ -222,46 +222,48 @@ def _inplace_flag_positions() -> dict[Any, int]:
 
 
 _INPLACE_FLAG = _inplace_flag_positions()
-_WRITES_BY_NAME: dict[Any, bool] = {}
-
-
-def _writes_by_name(func: Any) -> bool:
-    try:
-        return _WRITES_BY_NAME[func]
-    except (KeyError, TypeError):
-        pass
-    name = getattr(func, "__name__", "")
-    writes = (
-        name in ("__setitem__", "__set__")
-        or (name.startswith("__i") and name.endswith("__") and name[3:-2] in _INPLACE_DUNDERS)
-        or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES)
-    )
-    try:
-        _WRITES_BY_NAME[func] = writes
-    except TypeError:  # an unhashable callable: judged again next time
-        pass
-    return writes
-
-
 _INPLACE_DUNDERS = frozenset(
     {"add", "sub", "mul", "truediv", "floordiv", "div", "mod", "pow", "and", "or", "xor", "lshift", "rshift",
      "matmul"}
 )
+# How each function seen so far may write: _NEVER, _ALWAYS, ("inplace", position) or (flag name, default).
+_NEVER, _ALWAYS = 0, 1
+_KINDS: dict[Any, Any] = {}
+
+
+def _kind(func: Any) -> Any:
+    name = getattr(func, "__name__", "")
+    if (
+        name in ("__setitem__", "__set__")
+        or (name.startswith("__i") and name.endswith("__") and name[3:-2] in _INPLACE_DUNDERS)
+        or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES)
+    ):
+        return _ALWAYS
+    if _hashable(func) and func in _INPLACE_FLAG:
+        return ("inplace", _INPLACE_FLAG[func])
+    flag = _UPDATES_ARGUMENTS.get(name, "")
+    if flag is None:
+        return _ALWAYS
+    if flag:
+        return (flag, flag == "use_input_stats")  # F.instance_norm uses the input's statistics by default
+    return _NEVER
 
 
 def _writes(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether ``func(*args, **kwargs)`` may write into a tensor it is given."""
-    if kwargs.get("out") is not None or _writes_by_name(func):
+    try:
+        kind = _KINDS[func]
+    except KeyError:
+        kind = _KINDS[func] = _kind(func)
+    except TypeError:  # an unhashable callable: judged each time
+        kind = _kind(func)
+    if kind == _NEVER:
+        return bool(kwargs) and kwargs.get("out") is not None
+    if kind == _ALWAYS or kwargs.get("out") is not None:
         return True
-    position = _INPLACE_FLAG.get(func) if _hashable(func) else None
-    if position is not None:
-        return bool(kwargs.get("inplace", args[position] if len(args) > position else False))
-    flag = _UPDATES_ARGUMENTS.get(getattr(func, "__name__", ""), "")
-    if flag == "":
-        return False
-    if flag is None:
-        return True
-    default = flag == "use_input_stats"  # F.instance_norm uses the input's statistics by default
+    flag, default = kind
+    if flag == "inplace":
+        return bool(kwargs.get("inplace", args[default] if len(args) > default else False))
     return bool(kwargs.get(flag, args[5] if len(args) > 5 else default))
 
 
