@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,15 +15,16 @@ import torch
 from torch import nn
 
 from hookdoctor import arguments
-from hookdoctor.checks.attention import analyse_attention
+from hookdoctor.checks.attention import analyse_attention, tokens_shuffled
 from hookdoctor.checks.layers import GRADCAM
 from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
 from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
 from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
+from hookdoctor.model.fits import guard_pass
 from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
-from hookdoctor.model.memory import guard_pass, release_freed_memory
+from hookdoctor.model.memory import release_freed_memory
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
@@ -136,7 +138,7 @@ def inspect(
             _refuse_non_finite_scores(probe)
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
-                diagnostics.append(_nondeterministic())
+                diagnostics.append(_shuffled_tokens() if tokens_shuffled(probe) else _nondeterministic())
             analysis = GradCAMAnalysis(model, runner, model_input, probe, sites, modules=modules)
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
                 gradcam_spec, found = analysis.recommend(requested)
@@ -163,14 +165,29 @@ def inspect(
         aliases = _aliases(build_tree(runner, prefix), all_verdicts)
     release_freed_memory()  # the pass's activations are gone: their pages go back too
 
-    def check_layer(name: str) -> LayerVerdict:
-        name = arguments.layer_name(name)
+    def judged(name: str) -> LayerVerdict:
         if name in all_verdicts:
             return all_verdicts[name]
         if name in aliases:  # the same module object under a second name
             return dataclasses.replace(all_verdicts[aliases[name]], name=name)
         per_call = call_verdict(name, all_verdicts, aliases, call_counts)  # NAME#k: one call of a module
         return per_call or _unknown_layer(name, module_names)
+
+    # The locality test needs the pass's autograd graph, which does not outlive inspect: a usable
+    # layer this pass did not test is tested on demand by a pass that names it, so check_layer
+    # and inspect(layer=...) give one answer.
+    again = _AgainNamed(model, example_input, input_shape=input_shape, target=target, output=output)
+    again.keep(explain=explain, task=task, reference=reference)
+    retested: dict[str, LayerVerdict] = {}
+
+    def check_layer(name: str) -> LayerVerdict:
+        name = arguments.layer_name(name)
+        verdict = judged(name)
+        if structure_only or name in requested or not verdict.usable or verdict.cells_confirmed is not None:
+            return verdict
+        if name not in retested:
+            retested[name] = again.verdict(name) or verdict
+        return retested[name]
 
     verdicts = {name: check_layer(name) for name in requested}
     diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
@@ -296,6 +313,19 @@ def _nondeterministic() -> Diagnostic:
     )
 
 
+def _shuffled_tokens() -> Diagnostic:
+    """HD007: random numbers drawn and tokens gathered by an index computed from the image (ViTMAE)."""
+    return Diagnostic.of(
+        "HD007",
+        "The token order is shuffled: the forward draws random numbers and gathers the image's tokens by an "
+        "index made from them (as ViTMAE's random masking does, even with mask_ratio=0), so every layer after "
+        "the gather holds the patches in a new order on each call and no map from it follows the image.",
+        "Keep the patch order: pass sorted noise (ViTMAE: model(pixel_values=x, noise=torch.arange(num_patches)"
+        ".expand(batch, -1)) with config.mask_ratio=0.0), or explain a layer before the shuffle; hookdoctor "
+        "explain HD007.",
+    )
+
+
 def _refuse_non_finite_scores(probe: Probe) -> None:
     """NaN or inf scores on a finite input: no gradient and no map would mean anything."""
     value = probe.score_value
@@ -306,6 +336,52 @@ def _refuse_non_finite_scores(probe: Probe) -> None:
         "gradient and no map means anything. Check the weights (a checkpoint holding NaN), float16 "
         "overflow, or a division by zero in the forward, then rerun."
     )
+
+
+class _AgainNamed:
+    """The arguments of one inspect call, to run it again with ``layer=`` (no tensor held strongly).
+
+    The example input and the reference are the user's: they are held by weak references, so
+    a layer can be tested again while the user keeps them; a random example input is made
+    again from its seed. Inputs that cannot be referenced weakly (a dict) are not kept.
+    """
+
+    def __init__(self, model: nn.Module, example_input: Any, **arguments: Any) -> None:
+        self.model = model
+        self.arguments = arguments
+        self.example = _weak(example_input)
+
+    def keep(self, **more: Any) -> None:
+        self.arguments |= {name: _weak(value) for name, value in more.items()}
+
+    def verdict(self, name: str) -> LayerVerdict | None:
+        """The verdict of an inspect that names ``name`` (and so tests its cells), or None when the input is gone."""
+        values = {key: _recalled(value) for key, value in {"example_input": self.example, **self.arguments}.items()}
+        if any(value is _GONE for value in values.values()):
+            return None
+        report = inspect(self.model, methods=GRADCAM, layer=name, **values)
+        return report.layer_verdicts.get(name)
+
+
+_GONE = object()
+
+
+def _weak(value: Any) -> Any:
+    """A tensor as a weak reference; a value without tensors (None, a name, a shape) as it is; else _GONE."""
+    if isinstance(value, torch.Tensor):
+        return weakref.ref(value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+        return value
+    return _GONE
+
+
+def _recalled(value: Any) -> Any:
+    if isinstance(value, weakref.ref):
+        held = value()
+        return _GONE if held is None else held
+    return value
 
 
 def _aliases(tree: nx.DiGraph, verdicts: dict[str, LayerVerdict]) -> dict[str, str]:

@@ -450,7 +450,7 @@ def _load_and_inspect(
         if loaded_by_library(args.model):
             # Weights and one pass at full size must fit: measured on a weightless build first.
             with progress(f"Estimating the memory {args.model} needs", enabled=shown):
-                from hookdoctor.model.memory import guard_build
+                from hookdoctor.model.fits import guard_build
 
                 guard_build(_build(args, options, on_meta=True).model, args.input_shape, device)
         with progress(f"Building {args.model}", enabled=shown):

@@ -35,6 +35,10 @@ class LayerVerdict:
     grid: tuple[int, ...] | None = None
     prefix_tokens: int | None = None
     suggestions: list[str] = field(default_factory=list)
+    # True when a locality test (or a path of position-keeping operations) showed that the
+    # cells line up with the input, False when they do not (HD306), None when not tested:
+    # inspect tests the layers it tries for its recommendation and the layers named in layer=.
+    cells_confirmed: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +47,7 @@ class LayerVerdict:
             "layout": self.layout,
             "grid": list(self.grid) if self.grid else None,
             "prefix_tokens": self.prefix_tokens,
+            "cells_confirmed": self.cells_confirmed,
             "suggestions": list(self.suggestions),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }

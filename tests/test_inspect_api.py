@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -183,6 +184,13 @@ def test_captum_snippet_runs_as_pasted(build) -> None:
     assert namespace["attribution"].shape == (1, 1, *report.gradcam.grid)
     assert namespace["heatmap"].shape == (1, 1, size, size)
     assert _hooks(model) == 0
+
+
+def test_without_captum_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = hookdoctor.inspect(_SmallCNN(), torch.randn(1, 3, 16, 16), methods=("gradcam",)).gradcam
+    monkeypatch.setitem(sys.modules, "captum.attr", None)  # an import of it now fails, as when absent
+    with pytest.raises(hookdoctor.MissingDependencyError, match=r"spec\.captum\(\) needs Captum.*hookdoctor\[captum\]"):
+        spec.captum()
 
 
 def test_unknown_backend_is_an_input_error() -> None:

@@ -12,8 +12,10 @@ from hookdoctor.geometry.layout import (
     Layout,
     ReshapeTransform,
     aligned_grid,
+    axis_aligned_grid,
     infer_layouts,
     prefix_token_hint,
+    spatial_extent,
     token_candidates,
 )
 
@@ -89,14 +91,29 @@ def test_nhwc_transform_permutes() -> None:
     assert Layout("NCHW", (3, 5), 7).transform() is None
 
 
-def test_order_check_accepts_centre_pulled_peaks_and_rejects_mirrors() -> None:
-    from hookdoctor.geometry.locality import _keeps_order
+def _mass_at(grid: tuple[int, int], centre: tuple[float, float]) -> torch.Tensor:
+    """An energy map whose centre of mass is ``centre``: unit mass split bilinearly over four cells."""
+    energy = torch.zeros(grid)
+    r, c = centre
+    r0, c0 = int(r), int(c)
+    for dr, wr in ((0, 1 - (r - r0)), (1, r - r0)):
+        for dc, wc in ((0, 1 - (c - c0)), (1, c - c0)):
+            if wr * wc:
+                energy[r0 + dr, c0 + dc] += wr * wc
+    return energy
 
-    cells = [(1, 1), (1, 6), (6, 1), (6, 6)]
+
+def test_order_check_accepts_centre_pulled_peaks_and_rejects_mirrors_and_near_ties() -> None:
+    from hookdoctor.geometry.locality import keeps_order, probe_cells
+
+    layout = Layout("NCHW", (8, 8), 16)
+    assert probe_cells((8, 8)) == [(1, 6), (6, 1)]
     # Inception's last block: every peak pulled towards the centre, order kept
-    assert _keeps_order(cells, [(2.0, 2.1), (2.2, 4.0), (3.1, 2.9), (4.8, 5.0)])
+    assert keeps_order([_mass_at((8, 8), (2.2, 4.0)), _mass_at((8, 8), (3.1, 2.9))], layout)
     # a left-right mirror keeps rows but reverses columns
-    assert not _keeps_order(cells, [(1.0, 6.0), (1.0, 1.0), (6.0, 6.0), (6.0, 1.0)])
+    assert not keeps_order([_mass_at((8, 8), (1.0, 1.0)), _mass_at((8, 8), (6.0, 6.0))], layout)
+    # in order by a hair: chance, not evidence (issue 10, item 2)
+    assert not keeps_order([_mass_at((8, 8), (3.4, 3.6)), _mass_at((8, 8), (3.5, 3.5))], layout)
 
 
 def test_a_single_cell_map_is_never_a_working_map() -> None:
@@ -106,3 +123,19 @@ def test_a_single_cell_map_is_never_a_working_map() -> None:
     assert not is_working_map(torch.zeros(1, 3, 3))
     assert not is_working_map(torch.full((1, 3, 3), float("nan")))
     assert is_working_map(torch.arange(9.0).reshape(1, 3, 3))
+
+
+def test_a_pooled_token_is_no_token_layout() -> None:
+    # [B, C, 1]: one pooled vector of C values, not C tokens of one channel (issue 10, item 4)
+    assert infer_layouts((1, 16, 1), (16, 16), 1) == []
+    assert spatial_extent((1, 16, 1)) == 1
+    assert infer_layouts((1, 16, 2), (16, 16), 1) != []
+
+
+def test_adaptive_pooling_gives_a_grid_with_one_stride_per_axis() -> None:
+    # a 5x7 map pooled to 6x6 over a 40x56 input: no one stride gives both sides (issue 10, item 5)
+    assert not aligned_grid(6, 6, (40, 56))
+    assert axis_aligned_grid(6, 6, (40, 56))
+    assert [layout.kind for layout in infer_layouts((1, 16, 6, 6), (40, 56), 1)] == ["NCHW"]
+    # a grid one stride explains is still read that way first, never transposed
+    assert [layout.grid for layout in infer_layouts((1, 16, 4, 8), (32, 64), 1)] == [(4, 8)]

@@ -26,7 +26,7 @@ from fixtures import shared_calls as fx
 from fixtures.attention_checks import assert_untouched, snapshot
 from hookdoctor.cli import main
 from hookdoctor.errors import InputError
-from hookdoctor.specs.gradcam import CallRouter
+from hookdoctor.specs.wrappers import CallRouter
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # any pytest import mode
 from helpers import (  # noqa: E402

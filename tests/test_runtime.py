@@ -17,7 +17,7 @@ from torch import nn
 
 import hookdoctor
 from fixtures import mutating as fx
-from hookdoctor.specs.gradcam import Float32Maps, GradEnabledScore, ScoreModel
+from hookdoctor.specs.wrappers import Float32Maps, GradEnabledScore, ScoreModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # any pytest import mode
 from helpers import assert_working_map, run_pytorch_grad_cam, spec_gradcam  # noqa: E402

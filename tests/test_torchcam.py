@@ -141,6 +141,25 @@ def test_the_torchcam_snippet_runs_as_pasted(name: str) -> None:
     np.testing.assert_allclose(namespace["heatmap"].numpy(), expected, atol=1e-4)
 
 
+def test_a_bfloat16_cnn_gets_plain_torchcam_code_with_the_spec_extractors_map() -> None:
+    # torchcam computes in bfloat16 itself: only the score is cast (for pytorch-grad-cam's numpy), not the layer
+    model, x = _cnn()
+    model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    report = hookdoctor.inspect(model, x, methods=("gradcam",))
+    spec = report.gradcam
+    code = spec.code("torchcam")
+    assert "import hookdoctor" not in code and "cam = GradCAM(ScoreModel(model), target_layer=layer)" in code
+    namespace = {"model": model, "x": x, "class_index": report.target}
+    exec(compile(code, "<snippet>", "exec"), namespace)  # the snippet is hookdoctor's own output
+    extractor = spec.torchcam()
+    try:
+        (expected,) = extractor(class_idx=report.target, scores=extractor.model(x))
+    finally:
+        extractor.remove_hooks()
+    assert _hooks(model) == 0
+    torch.testing.assert_close(namespace["heatmap"], expected)
+
+
 def test_without_torchcam_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _cnn()
     spec = hookdoctor.inspect(model, x, methods=("gradcam",)).gradcam

@@ -105,6 +105,20 @@ def _refusal(model: nn.Module, sites: Sequence[AttentionSite], prefix: str) -> D
             layer=_named(prefix, first.module),
             method=_METHOD,
         )
+    reduced = [s for s in sites if s.reduces_keys]
+    if reduced:
+        first = reduced[0]
+        return Diagnostic.of(
+            "HD513",
+            f"{_named(prefix, first.module)}{_more(reduced)} attend from {first.query_tokens} tokens to "
+            f"{first.key_tokens} keys pooled from them (spatial-reduction attention, as in PVT, Segformer and "
+            "CvT): each layer's matrix is not token-to-token, so the layers cannot be multiplied into a rollout "
+            "(the pooling that makes the keys is a learned convolution, not an attention to chain).",
+            "Use Grad-CAM (hookdoctor recommends a layer outside the attention), or look at one layer's raw "
+            "attention via hookdoctor.attention.capture_attention.",
+            layer=_named(prefix, first.module),
+            method=_METHOD,
+        )
     windows = [s for s in sites if s.mixes == "windows"]
     if windows:
         first = windows[0]
@@ -256,6 +270,45 @@ def _query(rows: torch.Tensor | None, prefix: int, has_pool: bool) -> tuple[str,
     return "mean", ()
 
 
+def tokens_shuffled(probe: Probe) -> bool:
+    """True when the forward drew random numbers and a gather by index lies between the image and the
+    last token sequence the score depends on (ViTMAE's random masking: argsort(noise), then gather)."""
+    if not probe.consumed_randomness or probe.image is None:
+        return False
+    tokens = [
+        call
+        for record in probe.records.values()
+        for call in record.calls
+        if call.shape is not None and len(call.shape) == 3 and probe.graph.reaches(call.grad_fn)
+    ]
+    last = max(tokens, key=lambda call: call.order, default=None)
+    return last is not None and probe.graph.gathers_between(last.grad_fn, probe.image)
+
+
+def _explained_sequence(probe: Probe, name_prefix: str) -> list[AttentionCall]:
+    """The attention calls over the token sequence made from the explained input.
+
+    A model with several towers (CLIP: an image and a text transformer) runs attention over
+    several token sequences; rollout chains the layers of one of them, the one computed from
+    the image being explained. A call belongs to it when the output of the module that ran it
+    is computed from the input image (the probe's autograd graph says so). When the graph
+    cannot tell (no gradient, or no call computed from the image), every call is kept.
+    """
+    image = probe.image
+
+    def sees_image(seen: AttentionCall) -> bool | None:
+        record = probe.records.get(name_prefix + seen.site.module)
+        if image is None or record is None or seen.site.call_index >= len(record.calls):
+            return None
+        grad_fn = record.calls[seen.site.call_index].grad_fn
+        return probe.graph.depends_on(grad_fn, image) if grad_fn is not None else None
+
+    verdicts = [sees_image(seen) for seen in probe.attention]
+    if not any(verdicts):
+        return list(probe.attention)
+    return [seen for seen, sees in zip(probe.attention, verdicts, strict=True) if sees is not False]
+
+
 def _structural_query(probe: Probe, tokens: int, prefix: int, has_pool: bool) -> tuple[str, tuple[int, ...]]:
     """The rollout query without gradient values (meta device): a head that picks a token reads it."""
     if has_pool:
@@ -302,12 +355,24 @@ def analyse_attention(
             "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
             method=_METHOD,
         ))
-    sites = [seen.site for seen in probe.attention]
+    if tokens_shuffled(probe):
+        return None, [Diagnostic.of(
+            "HD007",
+            f"{type(model).__name__} shuffles the image's tokens at random before its attention layers (a gather "
+            "by an index drawn from random noise, as ViTMAE's masking does), so the rows of every attention "
+            "matrix are patches in a new order on each call and a rollout reshaped to the patch grid puts them "
+            "in the wrong places.",
+            "Keep the patch order (ViTMAE: pass noise=torch.arange(num_patches).expand(batch, -1) with "
+            "config.mask_ratio=0.0) and inspect again; hookdoctor explain HD007.",
+            method=_METHOD, severity="error",
+        ), *diagnostics]
+    attention = _explained_sequence(probe, name_prefix)
+    sites = [seen.site for seen in attention]
     refusal = _refusal(model, sites, name_prefix)
     if refusal is not None:
         return None, [refusal, *diagnostics]
 
-    block_calls = [seen for seen in probe.attention if seen.site.is_self_attention]
+    block_calls = [seen for seen in attention if seen.site.is_self_attention]
     blocks = [seen.site for seen in block_calls]
     last = sites[-1]
     tokens = blocks[0].key_tokens

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from hookdoctor.checks.confirm import Confirmer
 from hookdoctor.checks.layers import (
     GRADCAM,
     NO_GRADIENT_FIX,
@@ -33,9 +34,7 @@ from hookdoctor.checks.layers import (
     observed_grids,
     split_call,
 )
-from hookdoctor.errors import ModelRunError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform, prefix_token_hint
-from hookdoctor.geometry.locality import gradcam_map, is_working_map, lines_up
 from hookdoctor.model.inputs import BACKEND_AXIS, ModelInput
 from hookdoctor.model.tree import module_kind
 from hookdoctor.model.unwrap import without_compile
@@ -47,8 +46,8 @@ STRUCTURE_ONLY_REASON = (
     "chosen on structure alone (structure-only, meta device): the locality probe and the working-map check "
     "need values and did not run"
 )
-# Recommending a layer stops after this many candidates failed the locality or map check.
-_MAX_TRIES = 12
+# The HD203 finding names this many of the layers tried (and counts the rest).
+_LISTED_TRIES = 8
 
 
 def call_verdict(
@@ -108,8 +107,17 @@ class GradCAMAnalysis:
             if len(record.calls) > 1
             for index in range(len(record.calls))
         }
-        self.negative_evidence: list[str] = []
-        self.coarse: list[str] = []  # layers whose cells keep the image's order only (the relaxed locality test)
+        self.confirmer = Confirmer(self.context)  # the one judging path beyond judge(): map, then locality
+
+    @property
+    def negative_evidence(self) -> list[str]:
+        """Layers confirmed so far whose map is empty only because the class has negative evidence there."""
+        return [name for name, c in self.confirmer.confirmed().items() if c.negative_evidence]
+
+    @property
+    def coarse(self) -> list[str]:
+        """Layers confirmed so far whose cells keep the image's order only (the relaxed locality test)."""
+        return [name for name, c in self.confirmer.confirmed().items() if c.coarse]
 
     # -- model-level findings -------------------------------------------------------------
     def model_diagnostics(self) -> list[Diagnostic]:
@@ -296,74 +304,8 @@ class GradCAMAnalysis:
         return min(group, key=lambda j: j.first_call.order)
 
     def _confirm(self, j: Judgement) -> Layout | None:
-        """The first layout of ``j`` whose cells line up with the input and whose map works.
-
-        A layout that lines up but whose map is empty only because the class has negative
-        evidence there is remembered in ``self.negative_evidence`` for a warning; a layer
-        none of whose layouts lines up gets HD306.
-        """
-        if self.probe.structure_only:
-            # The meta device has no values: no locality probe, no map. The layer is chosen on
-            # structure alone, with the layout its shape gives first (the reasons say so).
-            return j.layouts[0] if j.layouts else None
-        call = j.first_call
-        image = self.probe.input_image
-        # A grid reached only through position-keeping operations lines up by construction:
-        # the locality test (backward passes as costly as the probe's) is for the others.
-        by_construction = not self.context.grad_graph.may_move_positions(call.grad_fn, image)
-        layout = next(
-            (
-                lay
-                for lay in j.layouts
-                if (by_construction and lay.kind in ("NCHW", "NCTHW", "NCL") and not lay.transposed)
-                or self._lines_up(call.output_tensor, lay)
-            ),
-            None,
-        )
-        if layout is None:
-            layout = next((lay for lay in j.layouts if self._lines_up(call.output_tensor, lay, strict=False)), None)
-            if layout is not None:
-                self.coarse.append(j.name)
-        if layout is not None:
-            weights = call.grad_stats.channel_weights(layout)
-            if is_working_map(gradcam_map(call.output_tensor, weights, layout)):
-                return layout
-            if is_working_map(gradcam_map(call.output_tensor, -weights, layout)):
-                self.negative_evidence.append(j.name)
-            return None
-        j.add(
-            "HD306",
-            f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
-            "gradient of a corner cell peaks elsewhere, so a map from it would be drawn in the wrong places.",
-            "Hook a layer whose cells follow the image, or pass the model's prefix-token count and grid if they "
-            "are unusual.",
-        )
-        return None
-
-    def _lines_up(self, output: torch.Tensor, layout: Layout, strict: bool = True) -> bool:
-        """The locality probe, with failures of the user's model told apart from hookdoctor's own.
-
-        It differentiates the probe's graph again: a forward that edits its weights in place
-        invalidates that graph, and a backward that fails only when repeated fails here.
-        """
-        try:
-            return lines_up(output, self.probe.input_image, layout, strict=strict, channel_axis=self.probe.channel_axis)
-        except Exception as exc:
-            if "modified by an inplace operation" in str(exc):
-                raise ModelRunError(
-                    "The model's forward edits its own parameters or buffers in place (for example "
-                    "`self.weight.add_(...)` under no_grad): the second forward hookdoctor ran changed tensors "
-                    "the first one's gradient needs, so autograd refused to differentiate it. Every gradient "
-                    "method fails the same way once the model runs twice; move the update out of forward (into "
-                    "the training step) or apply it to a copy."
-                ) from exc
-            if _raised_by_user_code(exc):
-                raise ModelRunError(
-                    f"The model's backward pass raised {type(exc).__name__} on a later pass: {exc}. hookdoctor "
-                    "differentiates the explained score several times over one forward; a backward that fails "
-                    "when repeated breaks every gradient method that retains the graph (pytorch-grad-cam does)."
-                ) from exc
-            raise
+        """The layout of ``j`` whose map works and whose cells line up (``Confirmer``), or None."""
+        return self.confirmer.confirm(j).layout
 
     def recommend(self, requested: list[str]) -> tuple[GradCAMSpec | None, list[Diagnostic]]:
         found: list[Diagnostic] = []
@@ -380,15 +322,14 @@ class GradCAMAnalysis:
                     spec, notes = self._spec(j, layout, reasons, why="it is the call you named")
                     return spec, found + notes
         candidates = self._candidates()
-        tried: set[int] = set()
-        attempts = 0
+        tried: dict[int, Judgement] = {}  # every candidate tensor, latest first: no cap on the search
         for j in candidates:
             key = id(j.first_call.output_tensor)
             if key in tried:
                 continue
-            tried.add(key)
             group = [c for c in candidates if id(c.first_call.output_tensor) == key]
             choice = self._representative(group)
+            tried[key] = choice
             layout = self._confirm(choice)
             if layout is not None:
                 first = "the last layer (in execution order) that runs once and returns a plain tensor"
@@ -398,19 +339,30 @@ class GradCAMAnalysis:
                 reasons = (first, *self._layout_reasons(layout))
                 spec, notes = self._spec(choice, layout, reasons, why)
                 return spec, found + self._negative_evidence_notes(spec.layer_name) + notes
-            attempts += 1
-            if attempts >= _MAX_TRIES:
-                break
         found += self._negative_evidence_notes(None)
-        found.append(
-            Diagnostic.of(
-                "HD203",
-                "No layer gives a working Grad-CAM map on this input: every candidate failed a check below.",
-                "Read the layer findings; hookdoctor explain HD203.",
-                method=GRADCAM,
-            )
-        )
+        found.append(self._nothing_works(list(tried.values())))
         return None, found
+
+    def _nothing_works(self, tried: list[Judgement]) -> Diagnostic:
+        """HD203, naming the layers tried and why each failed (the first few, and how many more)."""
+        if not tried:
+            message = (
+                "No layer gives a working Grad-CAM map on this input: no layer runs once, returns a plain tensor "
+                "laid out over the image, receives gradient from the score and lies outside the attention "
+                "internals (the layer table says which check each one fails)."
+            )
+        else:
+            reasons = []
+            for j in tried[:_LISTED_TRIES]:
+                confirmation = self.confirmer.confirm(j)
+                codes = [d.code for d in j.diagnostics if d.severity == "error"]
+                reasons.append(f"`{j.name}` ({confirmation.failure}{', ' + codes[0] if codes else ''})")
+            more = f", and {len(tried) - _LISTED_TRIES} more" if len(tried) > _LISTED_TRIES else ""
+            message = (
+                f"No layer gives a working Grad-CAM map on this input. Tried every candidate ({len(tried)}), "
+                f"latest first: {'; '.join(reasons)}{more}."
+            )
+        return Diagnostic.of("HD203", message, "Read the layer findings; hookdoctor explain HD203.", method=GRADCAM)
 
     def _layout_reasons(self, layout: Layout) -> tuple[str, ...]:
         if self.probe.structure_only:
@@ -516,7 +468,10 @@ class GradCAMAnalysis:
         j = self.judgement(name)
         if j is None:
             raise KeyError(name)
-        layout = j.layout
+        # The locality test costs two backward passes: the verdict reads it where it ran (the
+        # layers the recommendation tried, the layers named in layer=) and says so where it did not.
+        confirmation = self.confirmer.known(j)
+        layout = (confirmation.layout if confirmation else None) or j.layout
         notes: list[Diagnostic] = []
         if j.usable and layout is not None:
             grad_note = self._grad_note(j)
@@ -531,6 +486,7 @@ class GradCAMAnalysis:
             layout=layout.kind if layout else None,
             grid=layout.grid if layout else None,
             prefix_tokens=layout.prefix_tokens if layout else None,
+            cells_confirmed=confirmation.cells_confirmed if confirmation else None,
         )
 
     def _spec(
@@ -650,7 +606,8 @@ class GradCAMAnalysis:
         out = []
         for name, j in self.judgements.items():
             record = self.probe.records[name]
-            layout = j.layout
+            confirmation = self.confirmer.known(j)
+            layout = (confirmation.layout if confirmation else None) or j.layout
             out.append(
                 LayerSummary(
                     name=name,
@@ -665,14 +622,3 @@ class GradCAMAnalysis:
                 )
             )
         return out
-
-
-def _raised_by_user_code(exc: BaseException) -> bool:
-    """True when the innermost frame of ``exc`` is neither hookdoctor's nor torch's: the model's own code."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-    return not any(f"/{package}/" in filename for package in ("hookdoctor", "torch"))

@@ -94,6 +94,21 @@ Make the forward deterministic before explaining it: pass the masking noise expl
 that respect `eval()`.""",
     ),
     Code(
+        "HD007", "shuffled-token-order", _MODEL, "warning",
+        "The forward shuffles the image's tokens at random: layers after the shuffle do not follow the image.",
+        """ViTMAE's random masking draws fresh noise on every call (in eval mode, and even with
+`mask_ratio=0`), sorts it, and gathers the patch tokens in that order. Every layer after
+the gather holds the patches in a different order on every call: a reshape to the patch
+grid draws them in the wrong places, rollout mixes up patches, and maps change from call
+to call. hookdoctor sees it as a forward that draws random numbers and an index-driven
+gather computed from the image.
+
+Keep the patch order: for ViTMAE pass sorted noise,
+`model(pixel_values=x, noise=torch.arange(num_patches).expand(batch, -1))`, with
+`config.mask_ratio = 0.0`; or explain a `ViTModel` loaded from the same weights. Layers
+before the shuffle (the patch embedding) still work.""",
+    ),
+    Code(
         "HD010", "segmentation-score", _MODEL, "info",
         "A segmentation model: class k's score is its logits summed over the pixels predicted as k.",
         """A segmentation model returns a per-pixel class map `[B, K, H, W]` (torchvision FCN and
@@ -269,9 +284,14 @@ Hook a layer on the path from the input to the explained score.""",
     Code(
         "HD203", "no-working-layer", _GRAD, "error",
         "No layer of this model gives a working Grad-CAM map on the example input.",
-        """hookdoctor tried every layer that runs once, returns a plain tensor laid out over the
-image and receives gradient from the score, and none gave a finite, non-constant map whose
-cells line up with the input. The other findings in the report say why each layer fails.
+        """The candidates are the layers outside the attention internals that run once (or one
+call of a shared module), return a plain tensor laid out over the image and receive
+gradient from the score. hookdoctor searched all of them, latest first, each output tensor
+once: the cheap check first (the Grad-CAM map from the probe's own gradients must be
+finite and not constant), then the locality test (the input gradient of a probe cell must
+peak at that cell). None passed both. The finding names the candidates tried and why each
+failed; layers that failed an earlier check (never ran, ran several times, a tuple, no
+gradient, no grid) were not candidates, and the layer table shows their codes.
 
 Check the findings for the layers you expected to work; if the model's score does not
 depend on the image (a zero head, a constant output), fix that first.""",
@@ -368,9 +388,13 @@ Hook the last layer before the pooling.""",
         """Grad-CAM draws one value per spatial cell of the layer. A tensor whose dimensions do
 not follow the input's geometry - attention scores `[B, heads, T, T]`, windows of a Swin
 block, a resampled grid, a positional bias - gives a map that does not line up with the
-image.
+image. A tensor of the right size can fail too: tokens in another order than image rows
+(Hiera's mask units, shuffled tokens), a mirrored map, or two views summed. hookdoctor
+checks every usable layer the same way for `check_layer`, `inspect(layer=...)` and the
+recommendation: the input gradient of a probe cell must peak at that cell.
 
-Hook a layer whose output is a grid (or a token sequence) that follows the image.""",
+Hook a layer whose output is a grid (or a token sequence in raster order) that follows the
+image.""",
     ),
     Code(
         "HD307", "coarse-alignment", _LAYOUT, "warning",

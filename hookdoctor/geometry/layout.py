@@ -151,11 +151,22 @@ def aligned_grid(h: int, w: int, image_hw: tuple[int, int], *, overlapping: bool
         return True
     if h < 1 or w < 1 or h > big_h or w > big_w:
         return False
-    # Strides near H / h: padding and rounding make h the floor or the ceiling of H / s.
     for s in range(max(1, math.floor(big_h / h) - 1), math.ceil(big_h / h) + 2):
         if h in (big_h // s, -(-big_h // s)) and w in (big_w // s, -(-big_w // s)):
             return True
     return False
+
+
+def axis_aligned_grid(h: int, w: int, image_hw: tuple[int, int]) -> bool:
+    """True when (h, w) samples the image with an integer stride along each axis, the two may differ.
+
+    Adaptive pooling to a fixed size (5x7 -> 6x6) keeps every cell over its own part of
+    the image although no one stride gives both sides. Only a 4-D map that no single
+    stride explains is read this way; the locality probe (or a path of position-keeping
+    operations) confirms it.
+    """
+    big_h, big_w = image_hw
+    return _aligned_axis(h, big_h) and _aligned_axis(w, big_w)
 
 
 def prefix_token_hint(model: nn.Module) -> int | None:
@@ -225,8 +236,12 @@ def _channels_last_hint(module: nn.Module | None, last_dim: int) -> bool:
 
 
 def _aligned_axis(size: int, extent: int) -> bool:
-    """True when ``size`` cells are a stride-s sampling of ``extent`` positions, for some integer s."""
-    return 1 <= size <= extent and any(size in (extent // s, -(-extent // s)) for s in range(1, extent + 1))
+    """True when ``size`` cells are a stride-s sampling of ``extent`` positions, for some integer s >= 1."""
+    if size < 1 or size > extent:
+        return False
+    # Strides near extent / size: padding and rounding make size the floor or the ceiling of extent / s.
+    strides = range(max(1, math.floor(extent / size) - 1), math.ceil(extent / size) + 2)
+    return any(size in (extent // s, -(-extent // s)) for s in strides)
 
 
 def infer_layouts(
@@ -288,9 +303,16 @@ def _plain_layouts(
         nhwc = Layout("NHWC", (a, b), c) if aligned_grid(a, b, image_hw, overlapping=overlapping) else None
         if nchw and nhwc:
             return [nhwc, nchw] if _channels_last_hint(module, c) else [nchw, nhwc]
+        if nchw is None and nhwc is None:  # one stride per axis (adaptive pooling to a fixed size)
+            nchw = Layout("NCHW", (b, c), a) if axis_aligned_grid(b, c, image_hw) else None
+            nhwc = Layout("NHWC", (a, b), c) if axis_aligned_grid(a, b, image_hw) else None
+            if nchw and nhwc:
+                return [nhwc, nchw] if _channels_last_hint(module, c) else [nchw, nhwc]
         return [layout for layout in (nchw, nhwc) if layout]
     if len(shape) == 3:
         _, tokens, channels = shape
+        if channels < 2:  # [B, C, 1]: one pooled token of C values, not C tokens of one channel
+            return []
         return [
             Layout("tokens", grid, channels, prefix)
             for prefix, grid in token_candidates(tokens, image_hw, observed_grids, prefix_hint, overlapping)
@@ -310,5 +332,6 @@ def spatial_extent(shape: Sequence[int], axes: Sequence[int] = (0, 0)) -> int:
     if len(shape) == 4:
         return min(int(shape[1]) * int(shape[2]), int(shape[2]) * int(shape[3]))
     if len(shape) == 3:
-        return int(shape[1])
+        # [B, C, 1] is one pooled token: a token layout needs at least two positions of two channels.
+        return int(shape[1]) if int(shape[2]) >= 2 else 1
     return 1

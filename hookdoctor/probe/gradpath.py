@@ -17,6 +17,9 @@ import torch
 
 # Autograd functions that pick part of a tensor: the CLS pick of a ViT head is one.
 _PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", "SplitBackward", "NarrowBackward")
+# Operations that pick elements by an index tensor: a gather by indices drawn at random
+# reorders tokens (ViTMAE's random masking).
+_GATHERS = ("GatherBackward", "IndexBackward", "IndexSelectBackward", "TakeAlongDimBackward")
 # Operations that keep every value at its spatial position (convolutions, per-position or
 # per-channel arithmetic, normalisation, local pooling, resampling, global context that is
 # broadcast back): a map made only of these lines up with the input by construction.
@@ -154,6 +157,15 @@ class GradGraph:
         if id(leaf) not in self._above_leaf:
             self._above_leaf[id(leaf)] = nx.ancestors(self.graph, node) | {node}
         return self._above_leaf[id(leaf)]
+
+    def gathers_between(self, grad_fn: Any, leaf: torch.Tensor) -> bool:
+        """True when an index-driven pick (gather, index_select, advanced indexing) lies between ``leaf``
+        and the tensor produced by ``grad_fn`` (not the score's own pick of the target class above it)."""
+        above = self._ancestors_of_leaf(leaf)
+        if above is None or not self.reaches(grad_fn):
+            return False
+        between = (nx.descendants(self.graph, id(grad_fn)) | {id(grad_fn)}) & above
+        return any(self.graph.nodes[n]["op"].startswith(_GATHERS) for n in between)
 
     def may_move_positions(self, grad_fn: Any, image: torch.Tensor) -> bool:
         """False when every operation between ``image`` and ``grad_fn`` keeps positions.

@@ -53,6 +53,11 @@ class AttentionSite:
         return self.query_tokens == self.key_tokens
 
     @property
+    def reduces_keys(self) -> bool:
+        """Keys pooled from the queries' tokens (spatial-reduction attention): fewer keys than queries."""
+        return self.mixes == "tokens" and 1 < self.key_tokens < self.query_tokens
+
+    @property
     def materialised(self) -> bool:
         """Whether the model itself produces the probabilities (a hook could read them)."""
         return self.kind == "softmax" or (self.kind == "mha" and self.weights_requested)
@@ -94,6 +99,10 @@ def classify(event: AttentionEvent, image_batch: int) -> Mixes | None:
         if tk != tokens and tk * heads == channels or (tk != tokens and tk == channels):
             return "channels"
     if event.kind == "softmax" and tq != tk and (sequence is None or tk != sequence[0]):
+        # Spatial-reduction attention (PVT, Segformer, CvT): queries are the module's tokens,
+        # keys and values a pooled version of them - fewer keys than queries, still attention.
+        if sequence is not None and tq == sequence[0] and 1 < tk < tq:
+            return "tokens"
         return None  # a softmax over something other than the module's tokens (e.g. class scores)
     if op_batch > image_batch and op_batch % max(image_batch, 1) == 0:
         return "windows"

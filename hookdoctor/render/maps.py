@@ -20,10 +20,11 @@ from hookdoctor.errors import MissingDependencyError
 from hookdoctor.geometry.layout import Layout, ReshapeTransform
 from hookdoctor.model.guard import preserved
 from hookdoctor.model.unwrap import unwrap
+from hookdoctor.specs.wrappers import Float32Maps, score_model_of
 
 if TYPE_CHECKING:
     from hookdoctor.report import LayerVerdict, Report
-    from hookdoctor.specs.gradcam import Float32Maps, GradCAMSpec
+    from hookdoctor.specs.gradcam import GradCAMSpec
 
 # Below this a min-max scaled map is all zero: pytorch-grad-cam scales by max + 1e-7.
 BLANK = 1e-6
@@ -72,12 +73,6 @@ def habit_layer(report: Report) -> str | None:
         return in_a_stack[-1]
     convolutions = [layer.name for layer in report.layers if layer.kind == "conv" and layer.calls > 0]
     return convolutions[-1] if convolutions else None
-
-
-def _score_model(spec: GradCAMSpec) -> nn.Module:
-    from hookdoctor.specs.gradcam import CallRouter
-
-    return spec.model.score_model if isinstance(spec.model, CallRouter) else spec.model
 
 
 def _transform(verdict: LayerVerdict, spec: GradCAMSpec) -> ReshapeTransform | Float32Maps | None:
@@ -132,7 +127,8 @@ def _habit_panel(report: Report, model: nn.Module, image: torch.Tensor) -> MapPa
         return None
     verdict = report.check_layer(name)
     layer = dict(model.named_modules())[name]
-    heatmap = pytorch_grad_cam_map(_score_model(spec), layer, _transform(verdict, spec), image[:1], report.target)
+    transform = _transform(verdict, spec)
+    heatmap = pytorch_grad_cam_map(score_model_of(spec.model), layer, transform, image[:1], report.target)
     blank = float(heatmap.max()) <= BLANK
     code = _verdict_code(verdict)
     if code is not None:
@@ -147,7 +143,7 @@ def _rollout_panel(report: Report, model: nn.Module, image: torch.Tensor) -> Map
     if spec is None:
         return None
     rollout_input: Any = image[:1]
-    score_model = _score_model(report.gradcam) if report.gradcam is not None else None
+    score_model = score_model_of(report.gradcam.model) if report.gradcam is not None else None
     template = getattr(score_model, "call_template", None)
     if template is not None:  # a model with other inputs: the ones given to inspect, this image
         call = template.with_image(image[:1])

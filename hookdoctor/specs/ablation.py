@@ -102,8 +102,5 @@ class AblationModel(nn.Module):
                 return None  # AblationCAM's own first pass: the layer's real output
             return self.ablation_layer(output)
 
-        handle = self.layer.register_forward_hook(ablate)
-        try:
+        with self.layer.register_forward_hook(ablate):
             return self.score_model(image)
-        finally:
-            handle.remove()

@@ -135,12 +135,12 @@ class AttentionSpec:
     # -- capture -------------------------------------------------------------------------------
     def capturing(self, model: nn.Module, *, eval_mode: bool = True) -> Any:
         """A ``with`` block that collects this spec's attention during your own forward calls."""
-        return capture_attention(
-            model,
-            _relative(self.layer_names, self.name_prefix),
-            pool_layer=_relative([self.pool_layer], self.name_prefix)[0] if self.pool_layer else None,
-            eval_mode=eval_mode,
-        )
+        return self._capture(model, eval_mode=eval_mode)
+
+    def _capture(self, model: nn.Module, **options: bool) -> Any:
+        """``capture_attention`` on this spec's layers (and pooling layer), named as in ``model`` (unwrapped)."""
+        pool_layer = _relative([self.pool_layer], self.name_prefix)[0] if self.pool_layer else None
+        return capture_attention(model, _relative(self.layer_names, self.name_prefix), pool_layer=pool_layer, **options)
 
     def _record(self, model: nn.Module, x: Any) -> tuple[AttentionRecord, ModelInput]:
         inner, _, _ = unwrap(model)
@@ -209,12 +209,7 @@ class AttentionSpec:
         model_input = resolve_input(inner, x)
         with preserved(inner), torch.enable_grad():
             image = model_input.image.detach().requires_grad_(True)  # frozen models still get a graph
-            with capture_attention(
-                inner,
-                _relative(self.layer_names, self.name_prefix),
-                pool_layer=_relative([self.pool_layer], self.name_prefix)[0] if self.pool_layer else None,
-                weights_on_gradient_path=True,
-            ) as record:
+            with self._capture(inner, weights_on_gradient_path=True) as record:
                 output = model_input.with_image(image).call(inner)
             if not record.attentions:
                 raise InputError(

@@ -36,7 +36,7 @@ from torch import nn
 from hookdoctor.errors import InputError, MethodUnsupportedError, MissingDependencyError
 from hookdoctor.geometry.layout import ReshapeTransform
 from hookdoctor.model.guard import preserved
-from hookdoctor.specs.gradcam import Float32Maps
+from hookdoctor.specs.wrappers import Float32Maps
 
 if TYPE_CHECKING:
     from hookdoctor.specs.gradcam import GradCAMSpec
@@ -157,12 +157,9 @@ class SecondOrderModel(nn.Module):
             # mul's backward hands the view a gradient of its own (not a view either), see _FreshGrid.
             return transform.inverse(grid.mul(1.0), output)
 
-        handle = self.layer.register_forward_hook(route)
-        try:
+        with self.layer.register_forward_hook(route):
             with math_attention():
                 return self.score_model(image)
-        finally:
-            handle.remove()
 
 
 def second_order_failure(model: SecondOrderModel, input_shape: tuple[int, ...]) -> str | None:
@@ -178,8 +175,7 @@ def second_order_failure(model: SecondOrderModel, input_shape: tuple[int, ...]) 
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(input_shape, generator=generator).to(device=device, dtype=dtype).requires_grad_(True)
     captured: list[torch.Tensor] = []
-    handle = model.target_layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    try:
+    with model.target_layer.register_forward_hook(lambda module, inputs, output: captured.append(output)):
         with preserved(model):
             model.eval()
             scores = model(image)
@@ -191,8 +187,6 @@ def second_order_failure(model: SecondOrderModel, input_shape: tuple[int, ...]) 
                 torch.autograd.grad(grads, activations, grad_outputs=activations, allow_unused=True)
             except RuntimeError as exc:
                 return str(exc).strip().splitlines()[0]
-    finally:
-        handle.remove()
     return None
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hookdoctor.errors import InputError
+from hookdoctor.specs.cam_family import resolve_method
+from hookdoctor.specs.wrappers import Float32Maps, ScoreModel, grid_view, score_model_of
 
 if TYPE_CHECKING:
-    from hookdoctor.specs.gradcam import GradCAMSpec, ScoreModel
+    from hookdoctor.specs.gradcam import GradCAMSpec
 
 BACKENDS = ("pytorch-grad-cam", "captum", "torchcam")
 
@@ -40,13 +42,6 @@ def _reshape_function(spec: GradCAMSpec, *, float32: bool = False) -> list[str]:
     if float32:
         return ["def reshape_transform(t):", *cast_note, "    return t.float()", ""]
     return []
-
-
-def _score_model(spec: GradCAMSpec) -> Any:
-    """The score model: ``spec.model``, or the model a per-call spec's router runs."""
-    from hookdoctor.specs.gradcam import CallRouter
-
-    return spec.model.score_model if isinstance(spec.model, CallRouter) else spec.model
 
 
 def _call_lines(model: ScoreModel) -> tuple[list[str], str]:
@@ -83,9 +78,7 @@ def _eager_model(spec: GradCAMSpec) -> str:
 
 
 def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
-    from hookdoctor.specs.gradcam import ScoreModel
-
-    model = _score_model(spec)
+    model = score_model_of(spec.model)
     eager = _eager_model(spec)
     if not isinstance(model, ScoreModel):
         return [], eager
@@ -129,9 +122,7 @@ def _score_wrapper(spec: GradCAMSpec) -> tuple[list[str], str]:
 
 
 def _module_name(spec: GradCAMSpec, module: object) -> str:
-    from hookdoctor.specs.gradcam import ScoreModel
-
-    score_model = _score_model(spec)
+    score_model = score_model_of(spec.model)
     assert isinstance(score_model, ScoreModel)
     for name, candidate in score_model.model.named_modules():
         if candidate is module:
@@ -141,7 +132,7 @@ def _module_name(spec: GradCAMSpec, module: object) -> str:
 
 def _has_inputs(spec: GradCAMSpec) -> bool:
     """True when the model takes other inputs besides the explained image."""
-    score_model = _score_model(spec)
+    score_model = score_model_of(spec.model)
     return getattr(score_model, "call_template", None) is not None
 
 
@@ -187,7 +178,7 @@ def _needs_the_spec(spec: GradCAMSpec) -> str | None:
     reference embedding) and a functional final activation needs its input intercepted;
     plain code would have to repeat all of it. Swapped and 1-D layouts are the spec's too.
     """
-    score_model = _score_model(spec)
+    score_model = score_model_of(spec.model)
     if spec.task != "classification":
         return f"The {spec.task} score keeps what it read off the example input; spec.model holds it."
     if getattr(score_model, "pre_activation_function", None):
@@ -197,10 +188,19 @@ def _needs_the_spec(spec: GradCAMSpec) -> str | None:
     return None
 
 
-def _spec_snippet(spec: GradCAMSpec, backend: str, why: str, method: str) -> str:
+def _grid(spec: GradCAMSpec) -> str:
+    """The grid as the snippets' comments write it: ``H, W``, or ``T, H, W`` for video."""
+    return ", ".join(str(g) for g in spec.grid)
+
+
+def _inspect_call(spec: GradCAMSpec) -> str:
+    """The call that gets the spec back: on the input it was checked on, for the same call of a shared module."""
     given = "example_input" if _has_inputs(spec) or spec.task != "classification" else "x"
-    grid = ", ".join(str(g) for g in spec.grid)
     named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
+    return f"hookdoctor.inspect(model, {given}, methods=('gradcam',){named})"
+
+
+def _spec_snippet(spec: GradCAMSpec, backend: str, why: str, method: str) -> str:
     lines = ["import hookdoctor"]
     if backend == "pytorch-grad-cam":
         lines += [
@@ -211,7 +211,7 @@ def _spec_snippet(spec: GradCAMSpec, backend: str, why: str, method: str) -> str
     lines += [
         "",
         f"# {why}",
-        f"report = hookdoctor.inspect(model, {given}, methods=('gradcam',){named})",
+        f"report = {_inspect_call(spec)}",
         "spec = report.gradcam",
     ]
     if backend == "pytorch-grad-cam":
@@ -224,14 +224,9 @@ def _spec_snippet(spec: GradCAMSpec, backend: str, why: str, method: str) -> str
             "  # in [0, 1], the input's size",
         ]
     elif backend == "torchcam":
-        lines += [
-            "cam = spec.torchcam()",
-            "scores = cam.model(x)  # the forward torchcam's hooks watch",
-            f"heatmap = cam(class_idx=report.target, scores=scores)[0]  # [B, {grid}], in [0, 1]",
-            "cam.remove_hooks()",
-        ]
+        lines += ["cam = spec.torchcam()", *_torchcam_use(spec, "report.target")]
     else:
-        lines += [f"attribution = spec.captum().attribute(x, target=report.target)  # [B, 1, {grid}]"]
+        lines += [f"attribution = spec.captum().attribute(x, target=report.target)  # [B, 1, {_grid(spec)}]"]
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +240,6 @@ def _method_lines(
     passes that call alone. Every method's helper takes the router and its identity as it
     would take a model and its layer.
     """
-    from hookdoctor.specs.gradcam import Float32Maps
-
     imports = [f"from pytorch_grad_cam import {method}"]
     if method in ("AblationCAM", "ShapleyCAM"):
         # Both wrap the layer's layout in hookdoctor's helpers, which need the geometry as an object;
@@ -256,7 +249,7 @@ def _method_lines(
         transform = "reshape_transform" if geometry is not None else "None"
         definition = [f"reshape_transform = {geometry!r}", ""] if geometry is not None else []
         imports += ["from hookdoctor import ReshapeTransform"] if geometry is not None else []
-        imports += ["from hookdoctor.specs.gradcam import Float32Maps"] if cast else []
+        imports += ["from hookdoctor.specs.wrappers import Float32Maps"] if cast else []
         maps = f"Float32Maps({'' if geometry is None else transform})" if cast else transform
         if method == "AblationCAM":
             imports.append("from hookdoctor.specs.ablation import AblationModel, GridAblationLayer")
@@ -292,8 +285,6 @@ def _method_lines(
 def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") -> str:
     if backend not in BACKENDS:
         raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    from hookdoctor.specs.cam_family import resolve_method
-
     method = resolve_method(method)
     if backend != "pytorch-grad-cam" and method != "GradCAM":
         raise InputError(
@@ -305,10 +296,7 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
     why = _needs_the_spec(spec)
     if why is not None:
         return _spec_snippet(spec, backend, why, method)
-    from hookdoctor.specs.gradcam import Float32Maps
-
     wrapper, model_expr = _score_wrapper(spec)
-    reshape = _reshape_function(spec)
     router = _call_router(spec)
     if router:
         # The library gets the router as its model and the router's identity as its layer.
@@ -342,69 +330,54 @@ def gradcam_snippet(spec: GradCAMSpec, backend: str, method: str = "GradCAM") ->
             "  # [B, H_in, W_in], in [0, 1]",
         ]
         return "\n".join(lines) + "\n"
-    if backend == "torchcam":
-        return "\n".join(lines + _torchcam_lines(spec, wrapper, router, layer_lines, model_expr, layer_expr)) + "\n"
-    lines += [f"from captum.attr import LayerAttribution{'' if reshape else ', LayerGradCam'}", ""]
-    if reshape:
-        named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
-        given = "example_input" if _has_inputs(spec) else "x"
-        lines += [
-            "import hookdoctor",
-            "",
-            f"# Captum reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
-            f"# [B, C, {', '.join(str(g) for g in spec.grid)}] view so that LayerGradCam sees a grid.",
-            f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
-            "gradcam = spec.captum()",
-        ]
-    else:
-        lines += [
-            *wrapper,
-            *router,
-            *layer_lines,
-            f"gradcam = LayerGradCam({model_expr}, {layer_expr})",
-        ]
-    lines += [
-        f"attribution = gradcam.attribute(x, target=class_index, relu_attributions=True)"
-        f"  # [B, 1, {', '.join(str(g) for g in spec.grid)}]",
-        "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[2:]), "
-        f"interpolate_mode={'trilinear' if len(spec.grid) == 3 else 'bilinear'!r})",
-    ]
+    lines += _channels_first_lines(spec, backend, [*wrapper, *router, *layer_lines], model_expr, layer_expr)
     return "\n".join(lines) + "\n"
 
 
-def _torchcam_lines(
-    spec: GradCAMSpec,
-    wrapper: list[str],
-    router: list[str],
-    layer_lines: list[str],
-    model_expr: str,
-    layer_expr: str,
+def _channels_first_lines(
+    spec: GradCAMSpec, backend: str, plain: list[str], model_expr: str, layer_expr: str
 ) -> list[str]:
-    """torchcam's GradCAM: plain code for a [B, C, H, W] layer, the spec's own view otherwise."""
-    grid = ", ".join(str(g) for g in spec.grid)  # (H, W), or (T, H, W) for video
-    lines = ["from torchcam.methods import GradCAM", ""]
-    if spec.reshape_transform is not None:
-        # torchcam, like Captum, reads dim 1 as channels; only the spec's adapter can show it the grid.
-        named = f", layer={spec.layer_name!r}" if spec.call_index is not None else ""
-        given = "example_input" if _has_inputs(spec) else "x"
-        lines += [
-            "import hookdoctor",
-            "",
-            f"# torchcam reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
-            f"# [B, C, {grid}] view and hands torchcam that view and the model that runs it.",
-            f"spec = hookdoctor.inspect(model, {given}, methods=('gradcam',){named}).gradcam",
-            "cam = spec.torchcam()",
+    """Captum's LayerGradCam or torchcam's GradCAM: plain code for a layer they read as it is, the spec otherwise.
+
+    Both read dim 1 as channels; a token or channels-last layer needs the spec's
+    ``[B, C, H, W]`` view (``CaptumAdapter``), which only ``spec.captum()`` and
+    ``spec.torchcam()`` build. ``plain`` defines the score model, the router and the layer.
+    """
+    grid = _grid(spec)
+    via_spec = grid_view(spec.layout) is not None
+    if backend == "captum":
+        imports = f"from captum.attr import LayerAttribution{'' if via_spec else ', LayerGradCam'}"
+        library, view, name = "Captum", "so that LayerGradCam sees a grid", "gradcam"
+        built = f"LayerGradCam({model_expr}, {layer_expr})"
+        use = [
+            f"attribution = gradcam.attribute(x, target=class_index, relu_attributions=True)  # [B, 1, {grid}]",
+            "heatmap = LayerAttribution.interpolate(attribution, tuple(x.shape[2:]), "
+            f"interpolate_mode={'trilinear' if len(spec.grid) == 3 else 'bilinear'!r})",
         ]
     else:
-        lines += [
-            *wrapper,
-            *router,
-            *layer_lines,
-            f"cam = GradCAM({model_expr}, target_layer={layer_expr})",
-        ]
-    lines += [
+        imports = "from torchcam.methods import GradCAM"
+        library, view, name = "torchcam", "and hands torchcam that view and the model that runs it", "cam"
+        built = f"GradCAM({model_expr}, target_layer={layer_expr})"
+        use = _torchcam_use(spec, "class_index")
+    if not via_spec:
+        return [imports, "", *plain, f"{name} = {built}", *use]
+    return [
+        imports,
+        "",
+        "import hookdoctor",
+        "",
+        f"# {library} reads dim 1 as channels; the spec routes `{spec.layer_name}` through a",
+        f"# [B, C, {grid}] view {view}.",
+        f"spec = {_inspect_call(spec)}.gradcam",
+        f"{name} = spec.{backend}()",
+        *use,
+    ]
+
+
+def _torchcam_use(spec: GradCAMSpec, target: str) -> list[str]:
+    """The lines that run torchcam's extractor ``cam`` on ``x`` for class ``target`` and take its map."""
+    return [
         "scores = cam.model(x)  # the forward torchcam's hooks watch",
-        f"heatmap = cam(class_idx=class_index, scores=scores)[0]  # [B, {grid}], in [0, 1]",
+        f"heatmap = cam(class_idx={target}, scores=scores)[0]  # [B, {_grid(spec)}], in [0, 1]",
         "cam.remove_hooks()",
     ]
-    return lines

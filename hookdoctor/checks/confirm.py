@@ -1,0 +1,202 @@
+"""Confirm a usable layer on the probe's own graph: a working map, then cells that line up.
+
+One path for every question about a layer: ``check_layer``, ``inspect(layer=...)``, the
+layer table and the recommendation all read ``Confirmer.confirm``. The cheap check comes
+first - the Grad-CAM map from the probe's gradient statistics, no backward - and the
+locality test (one backward per probe cell) only for layouts whose map works. Each layer
+is confirmed once; a tensor returned by several modules is tested once per layout.
+
+A grid reached from the input only through position-keeping operations lines up by
+construction (``GradGraph.may_move_positions``) and needs no backward. Where no layout
+lines up strictly, the relaxed test (``keeps_order``) is tried only on layouts whose prefix
+count agrees with the one the model declares and whose grid one stride explains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from hookdoctor.checks.layers import Context, Judgement
+from hookdoctor.errors import ModelRunError
+from hookdoctor.geometry.layout import Layout, aligned_grid
+from hookdoctor.geometry.locality import (
+    cell_energies,
+    common_mode_removed,
+    contiguous_gradients,
+    gradcam_map,
+    is_working_map,
+    keeps_order,
+    peaks_at_cells,
+)
+
+# The locality test runs on at most this many layouts per layer (most likely first), so a
+# layer costs at most 2 * _MAX_LAYOUTS backward passes, however many readings its shape allows.
+_MAX_LAYOUTS = 3
+_CHANNELS_FIRST = ("NCHW", "NCTHW", "NCL")
+CELLS_MISALIGNED = "cells do not line up"
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What confirming one layer found: the layout to use, or why there is none.
+
+    ``failure`` is a few words for the HD203 listing ("" when confirmed); ``coarse`` when
+    only the relaxed order test passed (HD307); ``negative_evidence`` when the map is empty
+    only because the class has negative evidence there (HD204).
+    """
+
+    layout: Layout | None
+    failure: str = ""
+    coarse: bool = False
+    negative_evidence: bool = False
+    locality_tested: bool = False
+    structure_only: bool = False  # chosen from the shape alone: nothing about the cells was tested
+
+    @property
+    def cells_confirmed(self) -> bool | None:
+        """True when the cells line up (tested, or by construction), False when not, None when never asked."""
+        if self.layout is not None:
+            return None if self.structure_only else True
+        return False if self.failure == CELLS_MISALIGNED else None
+
+
+class Confirmer:
+    """Confirms layers lazily and remembers every answer (see the module doc)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.probe = context.probe
+        self._done: dict[str, Confirmation] = {}
+        self._energies: dict[tuple[int, Layout], list[torch.Tensor] | None] = {}
+        self.backwards = 0  # locality backward passes run so far (the cost this class keeps low)
+        # PyTorch 2.14 CPU: eval BatchNorm with batch 1 gets wrong input gradients from a
+        # non-contiguous incoming gradient; the probe's locality backwards get contiguous ones.
+        self._batchnorm_outputs = [
+            call.tensor
+            for record in self.probe.records.values()
+            if isinstance(record.module, torch.nn.modules.batchnorm._BatchNorm) and not record.module.training
+            for call in record.calls
+            if call.tensor is not None and call.tensor.device.type == "cpu" and self.probe.batch == 1
+        ]
+
+    def confirmed(self) -> dict[str, Confirmation]:
+        """Every confirmation made so far, by layer name."""
+        return dict(self._done)
+
+    def known(self, j: Judgement) -> Confirmation | None:
+        """The confirmation of ``j`` if one was made (recommendation, layer=), else None: nothing runs."""
+        return self._done.get(j.name)
+
+    def confirm(self, j: Judgement) -> Confirmation:
+        """Confirm ``j`` once; a layer whose cells do not line up gets HD306 on its judgement."""
+        if j.name in self._done:
+            return self._done[j.name]
+        result = self._confirm(j)
+        self._done[j.name] = result
+        if result.failure == CELLS_MISALIGNED:
+            j.add(
+                "HD306",
+                f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
+                "gradient of a probe cell peaks elsewhere, so a map from it would be drawn in the wrong places "
+                "(its tokens may be in another order than rows of the image: mask units, windows, or shuffled).",
+                "Hook a layer whose cells follow the image in raster order, or pass the model's prefix-token "
+                "count and grid if they are unusual.",
+            )
+        return result
+
+    def _confirm(self, j: Judgement) -> Confirmation:
+        if not j.usable or not j.layouts or j.call is None:
+            return Confirmation(None, failure="failed a check before the map")
+        if self.probe.structure_only:
+            # The meta device has no values: no map, no locality probe. The layer is chosen on
+            # structure alone, with the layout its shape gives first (the reasons say so).
+            return Confirmation(j.layouts[0], structure_only=True)
+        call = j.first_call
+        # Cheap first: the map from the probe's own statistics, for every layout.
+        working: list[Layout] = []
+        negative = False
+        for layout in j.layouts:
+            weights = call.grad_stats.channel_weights(layout)
+            if is_working_map(gradcam_map(call.output_tensor, weights, layout)):
+                working.append(layout)
+            elif is_working_map(gradcam_map(call.output_tensor, -weights, layout)):
+                negative = True
+        if not working:
+            why = "map empty: only negative evidence for the class" if negative else "map empty or constant"
+            return Confirmation(None, failure=why, negative_evidence=negative)
+        working = working[:_MAX_LAYOUTS]
+        image = self.probe.input_image
+        if not self.context.grad_graph.may_move_positions(call.grad_fn, image):
+            # Reached only through position-keeping operations: a channels-first grid lines up by construction.
+            kept = next((lay for lay in working if lay.kind in _CHANNELS_FIRST and not lay.transposed), None)
+            if kept is not None:
+                return Confirmation(kept)
+        for layout in working:
+            found = self._cell_energies(call.output_tensor, layout)
+            if found is not None and (
+                peaks_at_cells(found, layout) or peaks_at_cells(common_mode_removed(found), layout)
+            ):
+                return Confirmation(layout, locality_tested=True)
+        # The relaxed test only for the prefix the model declares, where some layout has it, and
+        # only for grids one stride explains: a grid with a stride per axis needs the strict test.
+        hint = self.context.prefix_hint
+        declared = [lay for lay in working if lay.kind != "tokens" or lay.prefix_tokens == hint]
+        for layout in declared if hint is not None and declared else working:
+            if len(layout.grid) != 2 or not aligned_grid(*layout.grid, self.probe.image_hw):
+                continue
+            found = self._cell_energies(call.output_tensor, layout)
+            if found is not None and keeps_order(found, layout):
+                return Confirmation(layout, coarse=True, locality_tested=True)
+        return Confirmation(None, failure=CELLS_MISALIGNED, locality_tested=True)
+
+    def _cell_energies(self, tensor: torch.Tensor, layout: Layout) -> list[torch.Tensor] | None:
+        key = (id(tensor), layout)
+        if key not in self._energies:
+            with contiguous_gradients(self._batchnorm_outputs), _user_failures_told_apart():
+                self._energies[key] = cell_energies(
+                    tensor, self.probe.input_image, layout, channel_axis=self.probe.channel_axis
+                )
+            self.backwards += 2
+        return self._energies[key]
+
+
+@contextmanager
+def _user_failures_told_apart() -> Iterator[None]:
+    """The locality probe's backward passes, with failures of the user's model told apart from hookdoctor's own.
+
+    They differentiate the probe's graph again: a forward that edits its weights in place
+    invalidates that graph, and a backward that fails only when repeated fails here.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if "modified by an inplace operation" in str(exc):
+            raise ModelRunError(
+                "The model's forward edits its own parameters or buffers in place (for example "
+                "`self.weight.add_(...)` under no_grad): the second forward hookdoctor ran changed tensors "
+                "the first one's gradient needs, so autograd refused to differentiate it. Every gradient "
+                "method fails the same way once the model runs twice; move the update out of forward (into "
+                "the training step) or apply it to a copy."
+            ) from exc
+        if _raised_by_user_code(exc):
+            raise ModelRunError(
+                f"The model's backward pass raised {type(exc).__name__} on a later pass: {exc}. hookdoctor "
+                "differentiates the explained score several times over one forward; a backward that fails "
+                "when repeated breaks every gradient method that retains the graph (pytorch-grad-cam does)."
+            ) from exc
+        raise
+
+
+def _raised_by_user_code(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is neither hookdoctor's nor torch's: the model's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return not any(f"/{package}/" in filename for package in ("hookdoctor", "torch"))
