@@ -16,9 +16,15 @@ from torch import nn
 
 from hookdoctor import arguments
 from hookdoctor.checks.attention import analyse_attention, tokens_shuffled
+from hookdoctor.checks.build import build_spec
+from hookdoctor.checks.confirm import Confirmer
+from hookdoctor.checks.judgements import judge_all, judging_context
 from hookdoctor.checks.layers import GRADCAM
-from hookdoctor.checks.recommend import GradCAMAnalysis, call_verdict
+from hookdoctor.checks.pitfalls import pitfalls
+from hookdoctor.checks.recommend import Recommendation, recommend
+from hookdoctor.checks.score import score_findings
 from hookdoctor.checks.structure import NOT_RUN_WITHOUT_VALUES
+from hookdoctor.checks.verdicts import call_verdict, layer_verdicts
 from hookdoctor.errors import InputError, ModelRunError
 from hookdoctor.model.environment import environment
 from hookdoctor.model.fits import guard_pass
@@ -104,22 +110,9 @@ def inspect(
     modules = {prefix + name: module for name, module in inner.named_modules() if name} if runner is not inner else None
     diagnostics: list[Diagnostic] = []
     if wrappers:
-        diagnostics.append(
-            Diagnostic.of(
-                "HD601",
-                f"The model is wrapped by {' and '.join(wrappers)}; its inner module was inspected and layer "
-                f"names carry the prefix `{prefix}`.",
-                "Nothing to do: the spec's layer is the module your model holds.",
-            )
-        )
+        diagnostics.append(Diagnostic.of("HD601", wrappers=" and ".join(wrappers), prefix=prefix))
     if len(requested) > 1:
-        diagnostics.append(
-            Diagnostic.of(
-                "HD401",
-                f"{len(requested)} target layers were named; pytorch-grad-cam would pair their maps by position.",
-                "Use one spec per layer: each named layer is judged on its own below.",
-            )
-        )
+        diagnostics.append(Diagnostic.of("HD401", count=len(requested)))
 
     gradcam_spec: GradCAMSpec | None = None
     rollout_spec = None
@@ -139,29 +132,40 @@ def inspect(
             sites = sorted({prefix + seen.site.module for seen in probe.attention if seen.site.module})
             if probe.consumed_randomness:
                 diagnostics.append(_shuffled_tokens() if tokens_shuffled(probe) else _nondeterministic())
-            analysis = GradCAMAnalysis(model, runner, model_input, probe, sites, modules=modules)
+            context = judging_context(probe, runner)
+            judgements = judge_all(context)
+            recommendation = Recommendation()  # nothing confirmed where Grad-CAM was not asked about
             if "gradcam" in wanted or requested:  # Grad-CAM's findings only where Grad-CAM was asked about
-                gradcam_spec, found = analysis.recommend(requested)
-                diagnostics += analysis.model_diagnostics() + found + analysis.pitfalls(gradcam_spec)
+                recommendation = recommend(judgements, Confirmer(context), probe, sites, requested)
+                gradcam_spec, notes = build_spec(
+                    recommendation, model=model, model_input=model_input, probe=probe, modules=modules
+                )
+                diagnostics += (
+                    score_findings(probe, model_input)
+                    + recommendation.diagnostics
+                    + notes
+                    + pitfalls(judgements, probe, gradcam_spec)
+                )
             if "rollout" in wanted:
                 rollout_spec, found = analyse_attention(
                     runner,
                     model_input,
                     probe=probe,
                     name_prefix=prefix,
-                    prefix_hint=analysis.context.prefix_hint,
+                    prefix_hint=context.prefix_hint,
                     was_training=was_training,
                 )
                 if not chosen.named("rollout"):
                     wanted, found = _rollout_not_applicable(wanted, found)
                 diagnostics += found
-            summaries = analysis.summaries()
             # the top class, or `target`; a structure-only pass has no top class
             target_index = probe.score.target if not structure_only or target is not None else None
             task_name = probe.score.task
-            all_verdicts = {name: analysis.verdict(name) for name in analysis.verdict_names()}  # NAME#k too
-            call_counts = {name: len(record.calls) for name, record in probe.records.items()}
-            module_names = list(analysis.judgements)
+            # Every module's verdict and every call's (NAME#k), from the confirmations the search made.
+            all_verdicts = layer_verdicts(judgements, recommendation.confirmations, probe, sites)
+            module_names = list(judgements.modules)
+            layers = [all_verdicts[name] for name in module_names]
+            call_counts = judgements.call_counts
         aliases = _aliases(build_tree(runner, prefix), all_verdicts)
     release_freed_memory()  # the pass's activations are gone: their pages go back too
 
@@ -205,7 +209,7 @@ def inspect(
         target=target_index,
         task=task_name,
         environment=environment(inner),
-        layers=summaries,
+        layers=layers,
         layer_verdicts=verdicts,
         _judge=check_layer,
         structure_only=structure_only,
@@ -226,7 +230,7 @@ def _refused(
     structure_only: bool,
 ) -> Report:
     """The report for an output whose task cannot be explained on this input: the coded reason, no spec."""
-    found = Diagnostic.of(refusal.code, refusal.message, refusal.fix, method=GRADCAM)
+    found = Diagnostic.of(refusal.code, method=GRADCAM, variant=refusal.variant)
 
     def unjudged(name: str) -> LayerVerdict:
         return LayerVerdict(name=name, usable=False, diagnostics=[found])
@@ -287,12 +291,7 @@ def _rollout_not_applicable(
     if refusal is None:
         return wanted, found
     note = Diagnostic.of(
-        "HD514",
-        refusal.message,
-        "Nothing to do: Grad-CAM alone is judged. Ask for rollout by name (methods=('rollout',), "
-        f"--method rollout) to see it refused as {refusal.code}.",
-        layer=refusal.layer,
-        method=arguments.ROLLOUT,
+        "HD514", layer=refusal.layer, method=arguments.ROLLOUT, reason=refusal.message, refused_as=refusal.code
     )
     rest = [d for d in found if d is not refusal and d.method != arguments.ROLLOUT]
     return tuple(m for m in wanted if m != arguments.ROLLOUT), [note, *rest]
@@ -304,26 +303,12 @@ def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 def _nondeterministic() -> Diagnostic:
     """HD006: the eval-mode forward drew random numbers (read off the RNG state, at no extra cost)."""
-    return Diagnostic.of(
-        "HD006",
-        "The forward pass draws random numbers in eval mode (the global random number generator advanced): "
-        "something random runs at inference, so every map changes from call to call.",
-        "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
-        "explaining it; hookdoctor explain HD006.",
-    )
+    return Diagnostic.of("HD006")
 
 
 def _shuffled_tokens() -> Diagnostic:
     """HD007: random numbers drawn and tokens gathered by an index computed from the image (ViTMAE)."""
-    return Diagnostic.of(
-        "HD007",
-        "The token order is shuffled: the forward draws random numbers and gathers the image's tokens by an "
-        "index made from them (as ViTMAE's random masking does, even with mask_ratio=0), so every layer after "
-        "the gather holds the patches in a new order on each call and no map from it follows the image.",
-        "Keep the patch order: pass sorted noise (ViTMAE: model(pixel_values=x, noise=torch.arange(num_patches)"
-        ".expand(batch, -1)) with config.mask_ratio=0.0), or explain a layer before the shuffle; hookdoctor "
-        "explain HD007.",
-    )
+    return Diagnostic.of("HD007")
 
 
 def _refuse_non_finite_scores(probe: Probe) -> None:
@@ -397,12 +382,11 @@ def _aliases(tree: nx.DiGraph, verdicts: dict[str, LayerVerdict]) -> dict[str, s
 
 def _unknown_layer(name: str, names: list[str]) -> LayerVerdict:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Close matches: {', '.join(f'`{c}`' for c in close)}." if close else ""
     diagnostic = Diagnostic.of(
         "HD101",
-        f"No module is named exactly `{name}`.{hint}",
-        "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
         layer=name,
         method=GRADCAM,
+        variant="close_matches" if close else "default",
+        matches=", ".join(f"`{c}`" for c in close),
     )
     return LayerVerdict(name=name, usable=False, diagnostics=[diagnostic], suggestions=close)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hookdoctor.codes import Diagnostic, sort_diagnostics
 
-__all__ = ["Diagnostic", "LayerSummary", "LayerVerdict", "Report", "sort_diagnostics"]
+__all__ = ["Diagnostic", "LayerVerdict", "Report", "sort_diagnostics"]
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,7 +26,13 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class LayerVerdict:
-    """Whether one named layer can be a Grad-CAM target, and why not."""
+    """Whether one named layer (a module, or one call ``NAME#k``) can be a Grad-CAM target, and why not.
+
+    The one per-layer result of ``inspect``: ``report.check_layer(name)`` returns it, and
+    ``report.layers`` holds one per module, in the order the probe recorded them, for
+    the module tree. It keeps no tensor and no module, only what the probe saw and the checks
+    concluded.
+    """
 
     name: str
     usable: bool
@@ -39,8 +45,22 @@ class LayerVerdict:
     # cells line up with the input, False when they do not (HD306), None when not tested:
     # inspect tests the layers it tries for its recommendation and the layers named in layer=.
     cells_confirmed: bool | None = None
+    # What the probe saw of the module ("" and 0 for a name that is no module).
+    type: str = ""  # the module's class name
+    kind: str = ""  # conv, norm, block, attention, container, ... (``model.tree.module_kind``)
+    calls: int = 0  # how many times the module ran in the forward pass
+    output: str = "-"  # the structure of its (first) output, e.g. "Tensor[1, 64, 8, 8]"
+    holds_only: bool = False  # a ModuleList/ModuleDict: it holds modules and never runs, nothing to judge
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The codes that make the layer unusable, each once, in the order found (none for a holder)."""
+        if self.holds_only:
+            return ()
+        return tuple(dict.fromkeys(d.code for d in self.diagnostics if d.severity == "error"))
 
     def to_dict(self) -> dict[str, Any]:
+        """The verdict in full (the JSON's "checked_layers")."""
         return {
             "name": self.name,
             "usable": self.usable,
@@ -52,31 +72,17 @@ class LayerVerdict:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
-
-@dataclass(frozen=True)
-class LayerSummary:
-    """What the probe saw of one module, for the report's tree and JSON."""
-
-    name: str
-    type: str
-    kind: str
-    calls: int
-    output: str
-    layout: str | None
-    grid: tuple[int, ...] | None
-    usable: bool | None
-    codes: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
+    def to_row(self) -> dict[str, Any]:
+        """The layer's row in the module table (the JSON's "layers"): the layout of usable layers only."""
         return {
             "name": self.name,
             "type": self.type,
             "kind": self.kind,
             "calls": self.calls,
             "output": self.output,
-            "layout": self.layout,
-            "grid": list(self.grid) if self.grid else None,
-            "usable": self.usable,
+            "layout": self.layout if self.usable else None,
+            "grid": list(self.grid) if self.grid and self.usable else None,
+            "usable": None if self.holds_only else self.usable,
             "codes": list(self.codes),
         }
 
@@ -93,7 +99,7 @@ class Report:
     input_shape: tuple[int, ...]
     target: int | None
     environment: dict[str, Any]
-    layers: list[LayerSummary]
+    layers: list[LayerVerdict]  # one per module, for the tree (``check_layer`` reads any name)
     layer_verdicts: dict[str, LayerVerdict]
     _judge: Callable[[str], LayerVerdict] = field(repr=False, compare=False)
     task: str = "classification"  # classification, segmentation, embedding or detection (what target indexes)
@@ -191,7 +197,7 @@ class Report:
             "gradcam": self.gradcam.to_dict() if self.gradcam is not None else None,
             "rollout": self.rollout.to_dict() if self.rollout is not None else None,
             "checked_layers": {n: v.to_dict() for n, v in self.layer_verdicts.items()},
-            "layers": [layer.to_dict() for layer in self.layers],
+            "layers": [layer.to_row() for layer in self.layers],
             "structure_only": self.structure_only,
             "not_run": list(self.not_run),
         }

@@ -8,7 +8,7 @@ import re
 from rich.console import Console
 
 from hookdoctor.render.terminal import collapse_names, group_findings, render_report
-from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
+from hookdoctor.report import Diagnostic, LayerVerdict, Report
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;[0-9;]+)m")
 
@@ -29,15 +29,24 @@ def _report(diagnostics: list[Diagnostic], verdicts: dict[str, LayerVerdict] | N
             "fused_attention": {"Attention.fused_attn=True": 12},
         },
         layers=[
-            LayerSummary("blocks", "Sequential", "block", 1, "Tensor[1, 5, 8]", "tokens", (2, 2), True, ()),
-            LayerSummary("blocks.0", "Block", "block", 1, "Tensor[1, 5, 8]", "tokens", (2, 2), True, ()),
-            LayerSummary("blocks.1", "Block", "block", 1, "Tensor[1, 5, 8]", "tokens", (2, 2), True, ()),
-            LayerSummary("blocks.2", "Block", "block", 1, "Tensor[1, 5, 8]", None, None, False, ("HD201",)),
-            LayerSummary("head", "Linear", "linear", 1, "Tensor[1, 10]", None, None, False, ("HD305",)),
+            _row("blocks", "Sequential", usable=True),
+            _row("blocks.0", "Block", usable=True),
+            _row("blocks.1", "Block", usable=True),
+            _row("blocks.2", "Block", usable=False, code="HD201"),
+            _row("head", "Linear", usable=False, code="HD305", kind="linear", output="Tensor[1, 10]"),
         ],
         layer_verdicts=verdicts or {},
         _judge=lambda name: LayerVerdict(name, False, []),
     )
+
+
+def _row(
+    name: str, type_: str, *, usable: bool, code: str = "", kind: str = "block", output: str = "Tensor[1, 5, 8]"
+) -> LayerVerdict:
+    """A module's verdict as the tree shows it: a usable block's tokens, or the code that fails it."""
+    found = [Diagnostic.of(code, f"`{name}` fails.", "Hook another layer.", layer=name)] if code else []
+    layout, grid = ("tokens", (2, 2)) if usable else (None, None)
+    return LayerVerdict(name, usable, found, layout, grid, type=type_, kind=kind, calls=1, output=output)
 
 
 def _text(report: Report, *, terminal: bool = False, width: int = 100, **kwargs) -> str:

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from hookdoctor.checks.layers import observed_grids
+from hookdoctor.codes import Diagnostic
 from hookdoctor.geometry.layout import prefix_token_hint, token_candidates
 from hookdoctor.model.guard import preserved
 from hookdoctor.model.inputs import ModelInput
 from hookdoctor.probe.record import AttentionCall, Probe
 from hookdoctor.probe.run import recorded_pass
 from hookdoctor.probe.sites import AttentionSite
-from hookdoctor.report import Diagnostic
 from hookdoctor.specs.attention import AttentionSpec
 
 _METHOD = "rollout"
@@ -54,17 +54,12 @@ def _transformers_major() -> int | None:
     return int(version.split(".")[0]) if isinstance(version, str) else None
 
 
-def _output_attentions_gives() -> str:
-    """What ``output_attentions=True`` gives a user of an SDPA model; it differs by transformers version."""
+def _sdpa_config_variant() -> str:
+    """HD501's variant for an SDPA model: what ``output_attentions=True`` gives differs by transformers version."""
     major = _transformers_major()
-    if major is None or major >= 5:
-        return "output_attentions=True returns an empty tuple () and a rollout over it is all zeros or NaN"
     # 4.x: ViT 4.41 gives one None per layer, 4.57 None for the whole tuple; BEiT's
     # BeitSdpaSelfAttention re-runs eager when asked.
-    return (
-        "output_attentions=True returns None in their place (a few 4.x models, such as BEiT, re-run that "
-        "call eager instead) and a rollout over it fails or is all zeros"
-    )
+    return "sdpa_config" if major is None or major >= 5 else "sdpa_config_4x"
 
 
 def _eager_switch(model: nn.Module) -> str:
@@ -85,71 +80,55 @@ def _eager_switch(model: nn.Module) -> str:
 # -- refusals ------------------------------------------------------------------------------------
 def _refusal(model: nn.Module, sites: Sequence[AttentionSite], prefix: str) -> Diagnostic | None:
     if not sites:
-        kind = type(model).__name__
-        return Diagnostic.of(
-            "HD508",
-            f"{kind} computes no token-to-token attention (no scaled_dot_product_attention, attention "
-            "softmax or nn.MultiheadAttention ran in its forward), so there is nothing to roll out.",
-            "Use Grad-CAM on this model (methods=('gradcam',)); hookdoctor recommends a layer for it.",
-            method=_METHOD,
-        )
+        return Diagnostic.of("HD508", method=_METHOD, model=type(model).__name__)
     channels = [s for s in sites if s.mixes == "channels"]
     if channels:
         first = channels[0]
         return Diagnostic.of(
             "HD507",
-            f"{_named(prefix, first.module)}{_more(channels)} apply softmax over a {first.key_tokens}x"
-            f"{first.key_tokens} matrix of feature channels, not over image tokens, so rollout through "
-            "them does not describe image positions.",
-            "Use Grad-CAM on this model; attention rollout needs token-to-token attention in every block.",
             layer=_named(prefix, first.module),
             method=_METHOD,
+            more=_more(channels),
+            channels=first.key_tokens,
         )
     reduced = [s for s in sites if s.reduces_keys]
     if reduced:
         first = reduced[0]
         return Diagnostic.of(
             "HD513",
-            f"{_named(prefix, first.module)}{_more(reduced)} attend from {first.query_tokens} tokens to "
-            f"{first.key_tokens} keys pooled from them (spatial-reduction attention, as in PVT, Segformer and "
-            "CvT): each layer's matrix is not token-to-token, so the layers cannot be multiplied into a rollout "
-            "(the pooling that makes the keys is a learned convolution, not an attention to chain).",
-            "Use Grad-CAM (hookdoctor recommends a layer outside the attention), or look at one layer's raw "
-            "attention via hookdoctor.attention.capture_attention.",
             layer=_named(prefix, first.module),
             method=_METHOD,
+            variant="reduced_keys",
+            more=_more(reduced),
+            queries=first.query_tokens,
+            keys=first.key_tokens,
         )
     windows = [s for s in sites if s.mixes == "windows"]
     if windows:
         first = windows[0]
         return Diagnostic.of(
             "HD506",
-            f"{_named(prefix, first.module)}{_more(windows)} attend within local windows "
-            f"({first.batch} windows of {first.key_tokens} tokens for a batch of {_tokens_batch(sites)}), "
-            "so there is no image-wide token-to-token matrix to roll out.",
-            "Use Grad-CAM (hookdoctor recommends a layer), or look at per-window attention maps only.",
             layer=_named(prefix, first.module),
             method=_METHOD,
+            more=_more(windows),
+            windows=first.batch,
+            tokens=first.key_tokens,
+            batch=_tokens_batch(sites),
         )
     blocks = [s for s in sites if s.is_self_attention]
     counts = sorted({s.key_tokens for s in blocks})
     strays = [s for s in sites if not s.is_self_attention and s.order != sites[-1].order]
     if not blocks or len(counts) > 1 or strays:
         odd = strays[0] if strays else (blocks[-1] if blocks else sites[0])
-        why = (
-            f"the token count changes between layers ({', '.join(map(str, counts))})"
-            if len(counts) > 1
-            else f"{_named(prefix, odd.module)} attends from {odd.query_tokens} to {odd.key_tokens} tokens "
-            "between the self-attention blocks"
-            if strays
-            else "no layer attends from every token to every token"
-        )
         return Diagnostic.of(
             "HD513",
-            f"Rollout multiplies one T x T attention matrix per layer, but in {type(model).__name__} {why}.",
-            "Use Grad-CAM, or raw attention of a single layer via hookdoctor.attention.capture_attention.",
             layer=_named(prefix, odd.module),
             method=_METHOD,
+            variant="token_count_changes" if len(counts) > 1 else "stray_attention" if strays else "no_self_attention",
+            model=type(model).__name__,
+            counts=", ".join(map(str, counts)),
+            queries=odd.query_tokens,
+            keys=odd.key_tokens,
         )
     return None
 
@@ -166,49 +145,29 @@ def _setting_diagnostics(model: nn.Module, blocks: Sequence[AttentionSite], pref
     if fused:
         first = _named(prefix, fused[0].module)
         owner = _owner_module(model, fused[0].module)
-        if implementation is not None and implementation != "eager":
-            out.append(Diagnostic.of(
-                "HD501",
-                f"{first}{_more(fused)} run torch's scaled_dot_product_attention "
-                f"(config._attn_implementation={implementation!r}), which never materialises the attention "
-                f"probabilities, so {_output_attentions_gives()}.",
-                "Nothing to change: the spec captures the probabilities by computing "
-                "softmax(q·kᵀ·scale + mask) beside each scaled_dot_product_attention call, leaving the "
-                f"model's outputs unchanged; for your own code, {_eager_switch(model)} "
-                "makes output_attentions work.",
-                layer=first, method=_METHOD,
-            ))
-        elif owner is not None and getattr(owner, "fused_attn", False):
-            out.append(Diagnostic.of(
-                "HD501",
-                f"{first}{_more(fused)} have fused_attn=True and call scaled_dot_product_attention, which "
-                "never materialises the probabilities, so forward hooks on attn_drop fire zero times and a "
-                "rollout over what they collect is empty.",
-                "Nothing to change: the spec computes softmax(q·kᵀ·scale + mask) beside each call; for your "
-                "own hooks set m.fused_attn = False on every attention module (timm.layers.set_fused_attn "
-                "only affects models built afterwards).",
-                layer=first, method=_METHOD,
-            ))
-        else:
-            out.append(Diagnostic.of(
-                "HD501",
-                f"{first}{_more(fused)} compute attention with scaled_dot_product_attention, which never "
-                "materialises the probabilities, so hooks cannot read them.",
-                "Nothing to change: the spec computes softmax(q·kᵀ·scale + mask) beside each call.",
-                layer=first, method=_METHOD,
-            ))
+        # What the user's own settings give: a transformers config naming SDPA, timm's fused_attn, or neither.
+        sdpa_config = implementation is not None and implementation != "eager"
+        variant = (
+            _sdpa_config_variant()
+            if sdpa_config
+            else "fused_attn"
+            if owner is not None and getattr(owner, "fused_attn", False)
+            else "default"
+        )
+        out.append(Diagnostic.of(
+            "HD501",
+            layer=first,
+            method=_METHOD,
+            variant=variant,
+            more=_more(fused),
+            implementation=implementation,
+            switch=_eager_switch(model) if sdpa_config else None,
+        ))
         out.extend(_misleading_settings(model, fused, prefix, implementation))
     hidden = [s for s in blocks if s.kind == "mha" and not s.weights_requested]
     if hidden:
         first = _named(prefix, hidden[0].module)
-        out.append(Diagnostic.of(
-            "HD502",
-            f"{first}{_more(hidden)} (nn.MultiheadAttention) are called with need_weights=False, so a hook "
-            "on them gets None instead of attention weights (need_weights=True alone averages the heads).",
-            "Nothing to change: the spec's capture asks for need_weights=True, average_attn_weights=False "
-            "for the duration of its own call only.",
-            layer=first, method=_METHOD,
-        ))
+        out.append(Diagnostic.of("HD502", layer=first, method=_METHOD, more=_more(hidden)))
     return out
 
 
@@ -236,13 +195,7 @@ def _misleading_settings(
     if not claims:
         return []
     return [Diagnostic.of(
-        "HD503",
-        f"{'; '.join(claims)} suggests eager attention, but {first}{_more(fused)} still run fused "
-        "scaled_dot_product_attention when called.",
-        "Trust the effective setting: the spec captures either way; to switch for your own code use "
-        f"{_eager_switch(model)} (transformers) or m.fused_attn = False on each timm "
-        "attention module.",
-        layer=first, method=_METHOD,
+        "HD503", layer=first, method=_METHOD, claims="; ".join(claims), more=_more(fused), switch=_eager_switch(model)
     )]
 
 
@@ -348,24 +301,12 @@ def analyse_attention(
                 )
     diagnostics: list[Diagnostic] = []
     if "_orig_mod" in name_prefix:
-        diagnostics.append(Diagnostic.of(
-            "HD511",
-            "The model is wrapped by torch.compile: hooks added to the compiled wrapper after its first call "
-            "would never fire.",
-            "Nothing to change: the spec hooks and runs the original module (_orig_mod).",
-            method=_METHOD,
-        ))
+        diagnostics.append(Diagnostic.of("HD511", method=_METHOD))
     if tokens_shuffled(probe):
-        return None, [Diagnostic.of(
-            "HD007",
-            f"{type(model).__name__} shuffles the image's tokens at random before its attention layers (a gather "
-            "by an index drawn from random noise, as ViTMAE's masking does), so the rows of every attention "
-            "matrix are patches in a new order on each call and a rollout reshaped to the patch grid puts them "
-            "in the wrong places.",
-            "Keep the patch order (ViTMAE: pass noise=torch.arange(num_patches).expand(batch, -1) with "
-            "config.mask_ratio=0.0) and inspect again; hookdoctor explain HD007.",
-            method=_METHOD, severity="error",
-        ), *diagnostics]
+        return None, [
+            Diagnostic.of("HD007", method=_METHOD, severity="error", variant="rollout", model=type(model).__name__),
+            *diagnostics,
+        ]
     attention = _explained_sequence(probe, name_prefix)
     sites = [seen.site for seen in attention]
     refusal = _refusal(model, sites, name_prefix)
@@ -382,13 +323,17 @@ def analyse_attention(
     hint = prefix_hint if prefix_hint is not None else prefix_token_hint(model)
     candidates = token_candidates(tokens, model_input.image_hw, observed_grids(probe), hint)
     if not candidates:
-        return None, [Diagnostic.of(
-            "HD513",
-            f"The attention of {_named(name_prefix, blocks[0].module)} runs over {tokens} tokens, which no "
-            f"patch grid of the {model_input.image_hw[0]}x{model_input.image_hw[1]} input explains.",
-            "Use Grad-CAM; if the model drops or shuffles tokens (ViTMAE masking), disable that first.",
-            layer=_named(name_prefix, blocks[0].module), method=_METHOD,
-        ), *diagnostics]
+        return None, [
+            Diagnostic.of(
+                "HD513",
+                layer=_named(name_prefix, blocks[0].module),
+                method=_METHOD,
+                variant="no_grid",
+                tokens=tokens,
+                input="x".join(map(str, model_input.image_hw)),
+            ),
+            *diagnostics,
+        ]
     prefix, grid = candidates[0]
 
     rows, on_path = _read_rows(block_calls, backward_ran=probe.score.has_gradient)
@@ -398,45 +343,23 @@ def analyse_attention(
         query, query_tokens = _query(rows, prefix, pool is not None)
     on_gradient_path = all(on_path)
     first = _named(name_prefix, blocks[0].module)
-    if query != "cls":
-        reads = {
-            "mean": "the mean of the patch tokens",
-            "pool": f"the attention-pooling head {_named(name_prefix, pool.module) if pool else ''}",
-        }[query]
+    if query != "cls":  # "mean" or "pool"
         diagnostics.append(Diagnostic.of(
             "HD504",
-            f"The head of {type(model).__name__} reads {reads}, not a CLS token, so rollout row 0 would "
-            "explain a patch or an unused token.",
-            f"Nothing to change: the spec takes the rollout query from {reads}.",
             method=_METHOD,
+            variant=query,
+            model=type(model).__name__,
+            pool=_named(name_prefix, pool.module) if pool else None,
         ))
     if prefix > 1:
         diagnostics.append(Diagnostic.of(
-            "HD505",
-            f"The attention of {first} runs over {prefix} prefix tokens (CLS, distillation or registers) "
-            f"before the {grid[0]}x{grid[1]} patch grid, so slicing [1:] would keep {prefix - 1} of them.",
-            f"Nothing to change: the spec removes {prefix} prefix tokens before reshaping.",
-            layer=first, method=_METHOD,
+            "HD505", layer=first, method=_METHOD, prefix=prefix, grid="x".join(map(str, grid)), kept=prefix - 1
         ))
     if model.training if was_training is None else was_training:
-        diagnostics.append(Diagnostic.of(
-            "HD509",
-            f"{type(model).__name__} is in training mode: attention dropout would make captured rows sum "
-            "to anything but 1.",
-            "Nothing to change: the spec's capture runs in eval mode and restores the mode afterwards.",
-            method=_METHOD,
-        ))
+        diagnostics.append(Diagnostic.of("HD509", method=_METHOD, model=type(model).__name__))
     if not on_gradient_path:
         off = next((blocks[k] for k, ok in enumerate(on_path) if not ok), blocks[0])
-        diagnostics.append(Diagnostic.of(
-            "HD510",
-            f"The attention captured from {_named(name_prefix, off.module)} is returned beside the value "
-            "product, not on the gradient path, so gradient-weighted rollout (Chefer, LeGrad) gets no "
-            "gradient.",
-            "Plain rollout works; spec.gradient_rollout(model, x) recomputes A @ V from the captured "
-            "attention for one forward, so gradient-weighted rollout works too.",
-            layer=_named(name_prefix, off.module), method=_METHOD,
-        ))
+        diagnostics.append(Diagnostic.of("HD510", layer=_named(name_prefix, off.module), method=_METHOD))
     spec = AttentionSpec(
         layer_names=tuple(dict.fromkeys(_named(name_prefix, s.module) for s in blocks)),
         prefix_tokens=prefix,

@@ -1,10 +1,12 @@
 """Confirm a usable layer on the probe's own graph: a working map, then cells that line up.
 
-One path for every question about a layer: ``check_layer``, ``inspect(layer=...)``, the
-layer table and the recommendation all read ``Confirmer.confirm``. The cheap check comes
-first - the Grad-CAM map from the probe's gradient statistics, no backward - and the
-locality test (one backward per probe cell) only for layouts whose map works. Each layer
-is confirmed once; a tensor returned by several modules is tested once per layout.
+One path for every question about a layer: the recommendation (``checks.recommend``)
+confirms the layers it tries, and returns every ``Confirmation`` it made; the verdicts
+(``checks.verdicts``) read those. ``Confirmer.confirm`` returns its finding (HD306 among
+them) and changes nothing it is given. The cheap check comes first - the Grad-CAM map from
+the probe's gradient statistics, no backward - and the locality test (one backward per
+probe cell) only for layouts whose map works; a tensor returned by several modules is
+tested once per layout.
 
 A grid reached from the input only through position-keeping operations lines up by
 construction (``GradGraph.may_move_positions``) and needs no backward. Where no layout
@@ -14,13 +16,15 @@ count agrees with the one the model declares and whose grid one stride explains.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from hookdoctor.checks.layers import Context, Judgement
+from hookdoctor.checks.layers import GRADCAM, Context, Judgement
+from hookdoctor.codes import Diagnostic
 from hookdoctor.errors import ModelRunError
 from hookdoctor.geometry.layout import Layout, aligned_grid
 from hookdoctor.geometry.locality import (
@@ -46,7 +50,8 @@ class Confirmation:
 
     ``failure`` is a few words for the HD203 listing ("" when confirmed); ``coarse`` when
     only the relaxed order test passed (HD307); ``negative_evidence`` when the map is empty
-    only because the class has negative evidence there (HD204).
+    only because the class has negative evidence there (HD204); ``diagnostics`` what the
+    layer's verdict adds to its judgement (HD306 when its cells do not line up).
     """
 
     layout: Layout | None
@@ -55,6 +60,12 @@ class Confirmation:
     negative_evidence: bool = False
     locality_tested: bool = False
     structure_only: bool = False  # chosen from the shape alone: nothing about the cells was tested
+    diagnostics: tuple[Diagnostic, ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        """False when confirming found an error (HD306), True otherwise."""
+        return not any(d.severity == "error" for d in self.diagnostics)
 
     @property
     def cells_confirmed(self) -> bool | None:
@@ -65,12 +76,11 @@ class Confirmation:
 
 
 class Confirmer:
-    """Confirms layers lazily and remembers every answer (see the module doc)."""
+    """Confirms layers (see the module doc); it caches locality backwards by tensor and layout only."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
         self.probe = context.probe
-        self._done: dict[str, Confirmation] = {}
         self._energies: dict[tuple[int, Layout], list[torch.Tensor] | None] = {}
         self.backwards = 0  # locality backward passes run so far (the cost this class keeps low)
         # PyTorch 2.14 CPU: eval BatchNorm with batch 1 gets wrong input gradients from a
@@ -83,30 +93,15 @@ class Confirmer:
             if call.tensor is not None and call.tensor.device.type == "cpu" and self.probe.batch == 1
         ]
 
-    def confirmed(self) -> dict[str, Confirmation]:
-        """Every confirmation made so far, by layer name."""
-        return dict(self._done)
-
-    def known(self, j: Judgement) -> Confirmation | None:
-        """The confirmation of ``j`` if one was made (recommendation, layer=), else None: nothing runs."""
-        return self._done.get(j.name)
-
     def confirm(self, j: Judgement) -> Confirmation:
-        """Confirm ``j`` once; a layer whose cells do not line up gets HD306 on its judgement."""
-        if j.name in self._done:
-            return self._done[j.name]
+        """Confirm ``j``: a layer whose cells do not line up gets HD306 in the confirmation."""
         result = self._confirm(j)
-        self._done[j.name] = result
-        if result.failure == CELLS_MISALIGNED:
-            j.add(
-                "HD306",
-                f"The cells of `{j.name}` ({j.layouts[0].describe()}) do not line up with the input: the input "
-                "gradient of a probe cell peaks elsewhere, so a map from it would be drawn in the wrong places "
-                "(its tokens may be in another order than rows of the image: mask units, windows, or shuffled).",
-                "Hook a layer whose cells follow the image in raster order, or pass the model's prefix-token "
-                "count and grid if they are unusual.",
-            )
-        return result
+        if result.failure != CELLS_MISALIGNED:
+            return result
+        misaligned = Diagnostic.of(
+            "HD306", layer=j.name, method=GRADCAM, variant="misaligned", layout=j.layouts[0].describe()
+        )
+        return dataclasses.replace(result, diagnostics=(misaligned,))
 
     def _confirm(self, j: Judgement) -> Confirmation:
         if not j.usable or not j.layouts or j.call is None:

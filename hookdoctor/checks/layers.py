@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from hookdoctor.codes import Diagnostic
+from hookdoctor.codes._gradcam import NO_GRADIENT_FIX  # noqa: F401 - for checks/recommend.py until it uses CutOff
 from hookdoctor.geometry.layout import Layout, infer_layouts, spatial_extent
 from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.run import CallRecord, ModuleRecord, Probe
-from hookdoctor.report import Diagnostic
 
 GRADCAM = "gradcam"
 
@@ -47,9 +49,6 @@ class Context:
     observed_grids: list[tuple[int, int]]
 
 
-NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
-
-
 @dataclass(frozen=True)
 class CutOff:
     """Why no gradient reaches a layer's patch tokens: the grid, and the picks on the score's path."""
@@ -57,15 +56,36 @@ class CutOff:
     grid: tuple[int, ...]
     picks: tuple[str, ...]
 
-    def message(self, names: list[str], instead: str = "") -> str:
-        """HD201's sentence for one layer, or for several that fail the same way."""
-        listed = " and ".join(f"`{name}`" for name in names)
-        via = f" (the path from the score picks them with {', '.join(self.picks)})" if self.picks else ""
-        after = "them" if len(names) > 1 else "it"
-        return (
-            f"No gradient reaches the {self.grid[0]}x{self.grid[1]} patch tokens of {listed}: after {after} the "
-            f"classifier reads only the prefix token(s){via}, so Grad-CAM there is all zeros{instead}."
+    def diagnostic(
+        self, names: list[str], spec_layer: str | None = None, *, severity: str | None = None
+    ) -> Diagnostic:
+        """HD201 for one layer, or for several that fail the same way (reported at the first);
+        ``spec_layer`` is the layer the spec uses instead, when there is one."""
+        variant = {
+            (False, False): "default",
+            (True, False): "picked",
+            (False, True): "instead",
+            (True, True): "picked_instead",
+        }[(bool(self.picks), spec_layer is not None)]
+        return Diagnostic.of(
+            "HD201",
+            layer=names[0],
+            method=GRADCAM,
+            severity=severity,
+            variant=variant,
+            grid="x".join(map(str, self.grid)),
+            layers=" and ".join(f"`{name}`" for name in names),
+            them="them" if len(names) > 1 else "it",
+            picks=", ".join(self.picks),
+            spec_layer=spec_layer,
         )
+
+    def message(self, names: list[str], instead: str = "") -> str:
+        """HD201's sentence for ``names``, with ``instead`` spliced in before the full stop.
+
+        Temporary, for checks/recommend.py until it calls ``diagnostic`` (with ``spec_layer``).
+        """
+        return self.diagnostic(names).message[:-1] + instead + "."
 
 
 @dataclass
@@ -96,8 +116,9 @@ class Judgement:
     def layout(self) -> Layout | None:
         return self.layouts[0] if self.layouts else None
 
-    def add(self, code: str, message: str, fix: str) -> None:
-        self.diagnostics.append(Diagnostic.of(code, message, fix, layer=self.name, method=GRADCAM))
+    def add(self, code: str, *, variant: str = "default", **fields: Any) -> None:
+        """A finding of ``code`` at this layer, written from the code's ``variant`` template and ``fields``."""
+        self.diagnostics.append(Diagnostic.of(code, layer=self.name, method=GRADCAM, variant=variant, **fields))
 
 
 def observed_grids(probe: Probe) -> list[tuple[int, int]]:
@@ -114,16 +135,8 @@ def observed_grids(probe: Probe) -> list[tuple[int, int]]:
 def call_out_of_range(module: str, count: int, index: int) -> Judgement:
     """HD102 for ``NAME#k`` when the module made k calls or fewer (``count``): that call never happens."""
     j = Judgement(call_name(module, index), module_name=module, call_index=index, calls=count)
-    made = "never runs" if not count else "runs once" if count == 1 else f"runs {count} times"
-    valid = f" (`{module}#0`" + (f" to `{module}#{count - 1}`)" if count > 1 else ")") if count else ""
-    j.add(
-        "HD102",
-        f"`{module}` {made} per forward pass, so its call {index} never happens and a hook on it would never "
-        "fire.",
-        f"Name a call that happens{valid}; calls count from 0 in execution order."
-        if count
-        else "Choose a module that runs; the report lists each module with its call count.",
-    )
+    variant = "call_never_runs" if not count else "call_after_only_one" if count == 1 else "call_after_last"
+    j.add("HD102", variant=variant, module=module, index=index, calls=count, last=count - 1)
     return j
 
 
@@ -137,53 +150,24 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
     j = Judgement(name, module_name=record.name, call_index=call_index, calls=len(record.calls))
     if not record.calls and isinstance(record.module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
         j.holds_only = True
-        j.add(
-            "HD102",
-            f"`{name}` is a {type(record.module).__name__}: it holds modules but never runs itself, so a hook on it "
-            "never fires.",
-            f"Hook one of its entries (`{name}.0` ... ) or a layer inside one.",
-        )
+        j.add("HD102", variant="container", kind=type(record.module).__name__)
         return j
     if not record.calls:
-        j.add(
-            "HD102",
-            f"`{name}` never runs in the forward pass, so a hook on it never fires.",
-            "Choose a module that runs; the report lists each module with its call count.",
-        )
+        j.add("HD102")
         return j
     call = record.calls[call_index or 0]
     j.call = call
     if call_index is None and len(record.calls) > 1:
-        j.add(
-            "HD103",
-            f"`{name}` runs {len(record.calls)} times per forward pass; pytorch-grad-cam would use the "
-            "first call and Captum the last.",
-            f"Hook a module that runs once, such as the block that contains it, or one call of it: "
-            f"`{name}#k` (k from 0 to {len(record.calls) - 1}) gives a spec that routes that call alone.",
-        )
+        j.add("HD103", calls=len(record.calls), last=len(record.calls) - 1)
     if not call.is_tensor:
-        j.add(
-            "HD104",
-            f"`{name}` returns {call.structure}, not a tensor; pytorch-grad-cam fails on it and its "
-            "gradient hook would be skipped.",
-            "Hook the tensor-producing module inside it, or the next module whose output is a plain tensor.",
-        )
+        j.add("HD104", structure=call.structure)
     if call.tensor is not None and call.overwritten:
-        j.add(
-            "HD105",
-            f"A later in-place operation rewrites the output of `{name}`, so the stored activation "
-            "is not the one the gradient belongs to.",
-            "Hook a module whose output is not modified in place, such as the enclosing block.",
-        )
+        j.add("HD105")
     shape = call.shape
     probe = ctx.probe
     axes = probe.input_axes or probe.image_hw
     if shape is None or len(shape) < 3 or spatial_extent(shape, axes) <= 1:
-        j.add(
-            "HD305",
-            f"`{name}` outputs {call.structure}, which has no spatial grid to draw a map on.",
-            "Hook the last layer before global pooling.",
-        )
+        j.add("HD305", structure=call.structure)
         return j
     j.layouts = infer_layouts(
         shape,
@@ -195,64 +179,37 @@ def judge(record: ModuleRecord, ctx: Context, call_index: int | None = None) -> 
         swapped_too=probe.input_kind == "spectrogram",
     )
     if not j.layouts:
-        j.add(
-            "HD306",
-            f"`{name}` outputs {call.structure}, whose dimensions do not follow the "
-            f"{'x'.join(str(a) for a in axes)} input's geometry.",
-            "Hook a layer whose output is a grid or a token sequence over the image.",
-        )
+        j.add("HD306", structure=call.structure, input="x".join(str(a) for a in axes))
         return j
     if not call.requires_grad and not call.grad_enabled:
-        j.add(
-            "HD202",
-            f"`{name}` runs with gradients disabled inside the model's forward (torch.no_grad or "
-            "inference_mode), so no gradient can reach it.",
-            "Remove the no_grad / inference_mode around this part of the model's forward.",
-        )
+        j.add("HD202", variant="no_grad_mode")
         return j
     if not call.requires_grad:
-        j.add(
-            "HD306",
-            f"`{name}` does not depend on the input image (its output needs no gradient even when the image does).",
-            "Hook a layer computed from the image.",
-        )
+        j.add("HD306", variant="not_from_image")
         return j
     # Checked before the gradient: the probe differentiates towards the input only, so another
     # view's call has no gradient recorded although the score depends on it.
     if call_index is not None and not ctx.grad_graph.depends_on(call.grad_fn, probe.input_image):
         j.other_input = True
-        j.add(
-            "HD306",
-            f"Call {call_index} of `{record.name}` does not see the explained input: its output is not computed "
-            "from it (it processes another input, such as the other view of a siamese model).",
-            f"Name the call of `{record.name}` that processes the explained input, or explain the other input.",
-        )
+        j.add("HD306", variant="other_input", index=call_index, module=record.name)
         return j
     if call.grad is None:
-        j.add(
-            "HD202",
-            f"`{name}` runs, but the explained score does not depend on its output.",
-            "Hook a layer on the path from the input to the score.",
-        )
+        j.add("HD202", variant="not_used")
         return j
     layout = j.layouts[0]
     if probe.structure_only:  # no gradient values on the meta device: the graph decides
         picks = probe.cut_off_by_pick(call, shape[1]) if layout.kind == "tokens" and layout.prefix_tokens else None
         if picks is not None:
             j.cut_off = CutOff(layout.grid, picks)
-            j.add("HD201", j.cut_off.message([name]), NO_GRADIENT_FIX)
+            j.diagnostics.append(j.cut_off.diagnostic([name]))
         return j
     cells, prefix = call.grad.cell_energy(layout)
     if not bool(cells.max() > 0):
         if prefix is not None and prefix.numel() and bool(prefix.max() > 0):
             j.cut_off = CutOff(layout.grid, tuple(dict.fromkeys(ctx.grad_graph.picks_between(call.grad_fn))))
-            j.add("HD201", j.cut_off.message([name]), NO_GRADIENT_FIX)
+            j.diagnostics.append(j.cut_off.diagnostic([name]))
         else:
-            j.add(
-                "HD202",
-                f"The explained score's gradient at `{name}` is zero everywhere.",
-                "Hook a layer on the path from the input to the score.",
-            )
+            j.add("HD202", variant="zero_gradient")
     return j
 
 
@@ -264,34 +221,15 @@ def layout_notes(j: Judgement, layout: Layout) -> list[Diagnostic]:
         return notes  # video and signal layouts: the spec's layer is what the libraries take
     h, w = layout.grid
 
-    def note(code: str, message: str, fix: str) -> None:
-        notes.append(Diagnostic.of(code, message, fix, layer=name, method=GRADCAM))
+    def note(code: str, **fields: Any) -> None:
+        notes.append(Diagnostic.of(code, layer=name, method=GRADCAM, h=h, w=w, **fields))
 
     if layout.kind == "tokens":
-        note(
-            "HD301",
-            f"`{name}` outputs tokens [B, {layout.prefix_tokens}+{h * w}, {layout.channels}], not a [B, C, H, W] map.",
-            f"The spec's reshape_transform drops {layout.prefix_tokens} prefix token(s), reshapes to {h}x{w} "
-            "and permutes to [B, C, H, W].",
-        )
+        note("HD301", prefix=layout.prefix_tokens, cells=h * w, channels=layout.channels)
         if layout.prefix_tokens > 1:
-            note(
-                "HD302",
-                f"`{name}` has {layout.prefix_tokens} prefix tokens (CLS plus distillation or register "
-                "tokens), not one.",
-                f"The spec drops exactly {layout.prefix_tokens} tokens before reshaping.",
-            )
+            note("HD302", prefix=layout.prefix_tokens)
     if layout.kind == "NHWC":
-        note(
-            "HD304",
-            f"`{name}` outputs channels-last [B, {h}, {w}, {layout.channels}]; every library would read "
-            f"{h} as the channel count.",
-            "The spec's reshape_transform permutes it to [B, C, H, W].",
-        )
+        note("HD304", channels=layout.channels)
     if h != w:
-        note(
-            "HD303",
-            f"The map of `{name}` is {h}x{w} (height x width), not square.",
-            f"The spec reshapes to ({h}, {w}), height first.",
-        )
+        note("HD303")
     return notes

@@ -3,13 +3,71 @@ flow (HD2xx), layout (HD3xx) and layer naming (HD4xx): the Grad-CAM side."""
 
 from __future__ import annotations
 
-from hookdoctor.codes._code import Code
+from hookdoctor.codes._code import Code, Template
 
 _MODEL = "model output"
 _SITE = "hook site"
 _GRAD = "gradient flow"
 _LAYOUT = "layout"
 _NAMING = "naming"
+
+# Sentences that several variants of a code share.
+_CHOOSE_A_RUNNING_MODULE = "Choose a module that runs; the report lists each module with its call count."
+_ROUTES_ONE_CALL = (
+    "The spec's .model routes call {index} alone through an identity module, the spec's .layer, so the library "
+    "hooks that call and nothing else."
+)
+_HOOK_ON_THE_PATH = "Hook a layer on the path from the input to the score."
+NO_GRADIENT_FIX = "Hook a layer before the last token-mixing (attention) step, such as the last block's first norm."
+
+
+_READ_THE_LAYER_FINDINGS = "Read the layer findings; hookdoctor explain HD203."
+_NEGATIVE_EVIDENCE_FIX = (
+    "Explain the predicted class or the negative score, or read the signed map; hookdoctor explain HD204."
+)
+_TASK = "Task: {task}, because {why}; the explained score (spec.model(x)[:, k]) is {score}."
+
+
+def _final_activation_call(*, saturated: bool) -> Template:
+    """HD004 for a softmax/sigmoid called as a function at the end of the forward."""
+    return Template(
+        "The model's forward ends in a {function} call (F.{function} / torch.{function}, seen in the autograd "
+        f"graph){', saturated at 1.0' if saturated else ''}; its gradient {'vanishes' if saturated else 'is damped'}"
+        ", so the logit before it is explained instead.",
+        "The spec's .model returns the input of that call; explain logits, not probabilities.",
+    )
+
+
+def _final_activation_module(*, saturated: bool) -> Template:
+    """HD004 for an nn.Softmax / nn.Sigmoid module at the end of the model."""
+    return Template(
+        f"The model ends in `{{layer}}` (softmax/sigmoid){', saturated at 1.0' if saturated else ''}; its gradient "
+        f"{'vanishes' if saturated else 'is damped'}, so the logit before it is explained instead.",
+        "The spec's .model returns the input of that module; explain logits, not probabilities.",
+    )
+
+
+def _three_d(kind: str, shape: str, view: str) -> Template:
+    """HD015 for a 3-D input of ``kind``."""
+    return Template(
+        f"The explained input is a 3-D {kind} {shape}; pytorch-grad-cam 1.5.7 takes only 4-D and 5-D inputs and "
+        "fails on it.",
+        f"Pass spec.as_backend_input(x) (the {view} view) to pytorch-grad-cam; spec.model accepts it. Captum "
+        "takes x itself.",
+    )
+
+
+_PICKS = " (the path from the score picks them with {picks})"
+_INSTEAD = "; the spec uses `{spec_layer}` instead"
+
+
+def _cut_off(via: str = "", instead: str = "") -> Template:
+    """HD201: no gradient reaches the patch tokens, optionally naming the picks and the spec's layer."""
+    return Template(
+        "No gradient reaches the {grid} patch tokens of {layers}: after {them} the classifier reads only the "
+        f"prefix token(s){via}, so Grad-CAM there is all zeros{instead}.",
+        NO_GRADIENT_FIX,
+    )
 
 CODES = (
     Code(
@@ -25,6 +83,14 @@ Fix: give the attribution library a thin wrapper whose forward returns the logit
 The spec's `.model` is that wrapper (it returns `.logits`, or the named field / index), so
 `GradCAM(**spec.pytorch_grad_cam_kwargs())` and `spec.captum()` work unchanged.""",
         applies="spec",
+        # Fields: structure (what the model returns), expression (how the score is read from it,
+        # e.g. "output.logits").
+        templates={
+            "default": Template(
+                "The model returns {structure}; attribution libraries need the score tensor {expression}.",
+                "The spec's .model is a wrapper that returns it; pass spec.model, not the raw model, to the library.",
+            ),
+        },
     ),
     Code(
         "HD002", "several-heads", _MODEL, "warning",
@@ -38,6 +104,13 @@ hookdoctor picks the `logits` field when there is one, otherwise the first 2-D t
 says which. If you meant another head, name it: `hookdoctor.inspect(model, x, output=1)` for
 a tuple index, `output="main"` for a dict key or ModelOutput field (`--output` on the
 command line); the spec's `.model` then returns that head.""",
+        # Fields: expression (the head explained, e.g. "output[0]"), others (the heads passed over, ", "-joined).
+        templates={
+            "default": Template(
+                "The model returns several score tensors; {expression} was explained and {others} passed over.",
+                "If you meant another head, name it: inspect(..., output=KEY_OR_INDEX) (--output on the command line).",
+            ),
+        },
     ),
     Code(
         "HD003", "zero-initialised-head", _MODEL, "warning",
@@ -50,6 +123,14 @@ weights, not of the layer: a trained model has a non-zero head.
 hookdoctor judges the layers with a surrogate score (a fixed random projection of the
 head's input), which has the same structure as the real score. Load trained weights, or
 re-initialise the head, before reading any map from this model.""",
+        # Fields: layer (the head).
+        templates={
+            "default": Template(
+                "The head `{layer}` has all-zero weights, so the score's gradient is zero for every layer; layers were "
+                "judged with a surrogate score instead.",
+                "Load trained weights (or re-initialise the head) before reading any map from this model.",
+            ),
+        },
     ),
     Code(
         "HD004", "saturated-output", _MODEL, "warning",
@@ -65,6 +146,15 @@ called at the end of `forward`: the autograd graph shows the latter (the score's
 `SoftmaxBackward0` or `SigmoidBackward0`), and the spec's `.model` takes the input of that
 call.""",
         applies="spec",
+        # "function": the forward ends in F.softmax/torch.sigmoid-style call (function: "softmax" or
+        # "sigmoid"); "module": in an nn.Softmax/nn.Sigmoid module (layer). "*_saturated" when the
+        # probability is saturated (a warning; the others are info: pass severity="info").
+        templates={
+            "function": _final_activation_call(saturated=False),
+            "function_saturated": _final_activation_call(saturated=True),
+            "module": _final_activation_module(saturated=False),
+            "module_saturated": _final_activation_module(saturated=True),
+        },
     ),
     Code(
         "HD005", "gradients-disabled", _MODEL, "info",
@@ -78,6 +168,19 @@ attribute 'shape'".
 The spec's `.model` runs with grad enabled and makes its input require grad, so every
 activation on the way to the score carries a gradient without unfreezing any parameter.""",
         applies="spec",
+        # "frozen": the parameters up to the layer are frozen; "grad_mode_off": grad mode was off.
+        templates={
+            "frozen": Template(
+                "The output of `{layer}` would not require grad (its parameters up to this layer are frozen); "
+                "pytorch-grad-cam would skip its gradient hook.",
+                "The spec's .model enables grad and makes its input require grad.",
+            ),
+            "grad_mode_off": Template(
+                "The output of `{layer}` would not require grad (grad mode was off); pytorch-grad-cam would skip its "
+                "gradient hook.",
+                "The spec's .model enables grad and makes its input require grad.",
+            ),
+        },
     ),
     Code(
         "HD006", "nondeterministic-forward", _MODEL, "warning",
@@ -92,6 +195,14 @@ matches the image grid.
 Make the forward deterministic before explaining it: pass the masking noise explicitly
 (ViTMAE: `noise=torch.arange(L).expand(B, L)`, `mask_ratio=0`), or use dropout modules
 that respect `eval()`.""",
+        templates={
+            "default": Template(
+                "The forward pass draws random numbers in eval mode (the global random number generator advanced): "
+                "something random runs at inference, so every map changes from call to call.",
+                "Make the forward deterministic (fixed masking noise, dropout that respects eval()) before "
+                "explaining it; hookdoctor explain HD006.",
+            ),
+        },
     ),
     Code(
         "HD007", "shuffled-token-order", _MODEL, "warning",
@@ -107,6 +218,25 @@ Keep the patch order: for ViTMAE pass sorted noise,
 `model(pixel_values=x, noise=torch.arange(num_patches).expand(batch, -1))`, with
 `config.mask_ratio = 0.0`; or explain a `ViTModel` loaded from the same weights. Layers
 before the shuffle (the patch embedding) still work.""",
+        # "default": found by inspect for the whole model; "rollout": found while judging rollout
+        # (fields: model, the model's class name).
+        templates={
+            "default": Template(
+                "The token order is shuffled: the forward draws random numbers and gathers the image's tokens by an "
+                "index made from them (as ViTMAE's random masking does, even with mask_ratio=0), so every layer after "
+                "the gather holds the patches in a new order on each call and no map from it follows the image.",
+                "Keep the patch order: pass sorted noise (ViTMAE: model(pixel_values=x, noise=torch.arange(num_patches)"
+                ".expand(batch, -1)) with config.mask_ratio=0.0), or explain a layer before the shuffle; hookdoctor "
+                "explain HD007.",
+            ),
+            "rollout": Template(
+                "{model} shuffles the image's tokens at random before its attention layers (a gather by an index drawn "
+                "from random noise, as ViTMAE's masking does), so the rows of every attention matrix are patches in a "
+                "new order on each call and a rollout reshaped to the patch grid puts them in the wrong places.",
+                "Keep the patch order (ViTMAE: pass noise=torch.arange(num_patches).expand(batch, -1) with "
+                "config.mask_ratio=0.0) and inspect again; hookdoctor explain HD007.",
+            ),
+        },
     ),
     Code(
         "HD010", "segmentation-score", _MODEL, "info",
@@ -124,6 +254,16 @@ predicted as k on the example input - the score of pytorch-grad-cam's
 `target=k` explain class k's region. `report.target` is the class predicted on the most
 pixels. The masks belong to the example input: inspect again for another image.""",
         applies="spec",
+        # Fields (as for HD011, HD012, HD014): task, why (why this task was chosen), score (what the
+        # explained score is).
+        templates={
+            "default": Template(
+                _TASK,
+                "Use spec.model and ClassifierOutputTarget(k) (or Captum's target=k) for class k; the masks are those "
+                "of "
+                "the example input, so inspect again for another image.",
+            ),
+        },
     ),
     Code(
         "HD011", "embedding-score", _MODEL, "info",
@@ -141,6 +281,19 @@ your concept, or of the image you compare to) to explain what you mean. Without 
 hookdoctor judges the layers with a fixed, seeded random direction (a warning): the layers
 it recommends are the same, but the map explains no concept of yours. `report.target` is 0.""",
         applies="spec",
+        # Fields: task, why, score. "default": no reference= was given (a warning: pass
+        # severity="warning"); "reference": the user's reference embedding.
+        templates={
+            "default": Template(
+                _TASK,
+                "Pass reference= (the embedding of your concept or reference input) so that the map explains "
+                "similarity "
+                "to it; report.target is 0, the only column.",
+            ),
+            "reference": Template(
+                _TASK, "Use spec.model and target 0: the map explains the similarity to your reference."
+            ),
+        },
     ),
     Code(
         "HD012", "detection-score", _MODEL, "info",
@@ -156,6 +309,15 @@ the class score alone), and 0 when none matches. `ClassifierOutputTarget(k)` and
 `target=k` explain detection k; `report.target` is 0, the top-scoring detection. The
 detections belong to the example input: inspect again for another image.""",
         applies="spec",
+        # Fields: task, why, score.
+        templates={
+            "default": Template(
+                _TASK,
+                "Use spec.model and ClassifierOutputTarget(k) for example detection k (report.target is the "
+                "top-scoring "
+                "one); the detections are those of the example input, so inspect again for another image.",
+            ),
+        },
     ),
     Code(
         "HD013", "no-detection", _MODEL, "error",
@@ -168,6 +330,20 @@ detection whose score could be explained, and a map of "no detection" has no gra
 Pass an example input on which the model detects something (a real image, trained
 weights: `--pretrained`), or build the model with a lower threshold
 (`fasterrcnn_mobilenet_v3_large_fpn(..., box_score_thresh=0.0)`) to judge its layers.""",
+        # "default": nothing detected; "no_gradient": detections whose scores carry no gradient.
+        templates={
+            "default": Template(
+                "The detector kept no detection on the example input (every box scored below its threshold), so "
+                "there is no detection whose score could be explained.",
+                "Pass an example input on which the model detects something (a real image and trained weights), or "
+                "build the model with a lower box_score_thresh (torchvision: box_score_thresh=0.0).",
+            ),
+            "no_gradient": Template(
+                "The detector's scores carry no gradient, so no layer's map can be computed from them.",
+                "Run the detector with gradients enabled (no torch.no_grad around its heads) and explain its "
+                "classification scores.",
+            ),
+        },
     ),
     Code(
         "HD014", "image-text-logits", _MODEL, "info",
@@ -183,6 +359,14 @@ example input; `explain=` names the entry the map covers (by default the only
 floating-point image). Without an example input, hookdoctor builds two fixed token
 sequences to judge the layers with.""",
         applies="spec",
+        # Fields: task, why, score.
+        templates={
+            "default": Template(
+                _TASK,
+                "Use spec.model and ClassifierOutputTarget(k) for text k; pass the texts you want as input_ids in the "
+                "example input (explain= names the image entry).",
+            ),
+        },
     ),
     Code(
         "HD015", "three-dimensional-input", _LAYOUT, "info",
@@ -197,6 +381,11 @@ sequences to judge the layers with.""",
 `[B, C, L]` layer as `[B, C, 1, L]`. Captum takes `x` itself: `spec.captum().attribute(x,
 target=...)` is `[B, 1, *spec.grid]`.""",
         applies="spec",
+        # One variant per 3-D input kind.
+        templates={
+            "spectrogram": _three_d("spectrogram", "[B, T, F]", "[B, 1, T, F]"),
+            "signal": _three_d("signal", "[B, C, L]", "[B, C, 1, L]"),
+        },
     ),
     Code(
         "HD101", "unknown-layer", _NAMING, "error",
@@ -209,6 +398,17 @@ silently averages their maps.
 Library updates rename modules: transformers 5 moved `vit.encoder.layer.N` to
 `vit.layers.N`; a hard-coded recipe then hooks nothing. Use one of the suggested names, or
 let hookdoctor recommend a layer.""",
+        # Fields: layer, the name asked for; matches ("close_matches"), the close names, each in backticks.
+        templates={
+            "default": Template(
+                "No module is named exactly `{layer}`.",
+                "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
+            ),
+            "close_matches": Template(
+                "No module is named exactly `{layer}`. Close matches: {matches}.",
+                "Use the exact dotted name from model.named_modules(); hookdoctor never matches substrings.",
+            ),
+        },
     ),
     Code(
         "HD102", "never-called", _SITE, "error",
@@ -219,6 +419,35 @@ did not obtain any outputs". This happens with heads used only in training, bran
 switched off by the configuration, and modules built but left unused.
 
 Choose a module that runs: the report lists every module with its call count.""",
+        # "default": a module that never runs; "container": a ModuleList/ModuleDict (kind: its class
+        # name). For one call NAME#k of a module (module, index = k): "call_never_runs" when the
+        # module never runs, "call_after_only_one" when it runs once, "call_after_last" when it runs
+        # `calls` times (last = calls - 1).
+        templates={
+            "default": Template(
+                "`{layer}` never runs in the forward pass, so a hook on it never fires.",
+                _CHOOSE_A_RUNNING_MODULE,
+            ),
+            "container": Template(
+                "`{layer}` is a {kind}: it holds modules but never runs itself, so a hook on it never fires.",
+                "Hook one of its entries (`{layer}.0` ... ) or a layer inside one.",
+            ),
+            "call_never_runs": Template(
+                "`{module}` never runs per forward pass, so its call {index} never happens and a hook on it would "
+                "never fire.",
+                _CHOOSE_A_RUNNING_MODULE,
+            ),
+            "call_after_only_one": Template(
+                "`{module}` runs once per forward pass, so its call {index} never happens and a hook on it would "
+                "never fire.",
+                "Name a call that happens (`{module}#0`); calls count from 0 in execution order.",
+            ),
+            "call_after_last": Template(
+                "`{module}` runs {calls} times per forward pass, so its call {index} never happens and a hook on it "
+                "would never fire.",
+                "Name a call that happens (`{module}#0` to `{module}#{last}`); calls count from 0 in execution order.",
+            ),
+        },
     ),
     Code(
         "HD103", "called-several-times", _SITE, "error",
@@ -236,6 +465,27 @@ call's output alone through an identity module, which is its `.layer`, so pytorc
 and Captum hook exactly that call, and `spec.code()` writes the routing out. hookdoctor
 recommends such a spec itself when the best layer runs several times, and says which call
 and why (for a two-view model: the call that sees the explained input).""",
+        # "default" (error): a module judged as a whole that runs `calls` times (last = calls - 1).
+        # "per_call" (info, with severity="info"): one call NAME#k is recommended (module, calls,
+        # index = k); "per_call_chosen" adds why that call was chosen (why).
+        templates={
+            "default": Template(
+                "`{layer}` runs {calls} times per forward pass; pytorch-grad-cam would use the first call and Captum "
+                "the last.",
+                "Hook a module that runs once, such as the block that contains it, or one call of it: `{layer}#k` "
+                "(k from 0 to {last}) gives a spec that routes that call alone.",
+            ),
+            "per_call": Template(
+                "`{module}` runs {calls} times per forward pass and a hook on it fires on every call "
+                "(pytorch-grad-cam keeps the first, Captum the last).",
+                _ROUTES_ONE_CALL,
+            ),
+            "per_call_chosen": Template(
+                "`{module}` runs {calls} times per forward pass and a hook on it fires on every call "
+                "(pytorch-grad-cam keeps the first, Captum the last); the spec explains call {index}: {why}.",
+                _ROUTES_ONE_CALL,
+            ),
+        },
     ),
     Code(
         "HD104", "tuple-output", _SITE, "error",
@@ -247,6 +497,14 @@ hook is skipped silently; Captum raises "Given input is not a torch.Tensor".
 
 Hook the tensor-producing module inside it (for example its last norm) or a following
 layer whose output is a plain tensor.""",
+        # Fields: structure, what the layer returns (e.g. "tuple(Tensor[1, 197, 768], None)").
+        templates={
+            "default": Template(
+                "`{layer}` returns {structure}, not a tensor; pytorch-grad-cam fails on it and its gradient hook "
+                "would be skipped.",
+                "Hook the tensor-producing module inside it, or the next module whose output is a plain tensor.",
+            ),
+        },
     ),
     Code(
         "HD105", "overwritten-in-place", _SITE, "error",
@@ -258,6 +516,13 @@ map looks plausible and is wrong (correlation 0.78 on resnet18's `bn2`). torchca
 on every device.
 
 Hook a module whose output is not modified in place, typically the enclosing block.""",
+        templates={
+            "default": Template(
+                "A later in-place operation rewrites the output of `{layer}`, so the stored activation is not the one "
+                "the gradient belongs to.",
+                "Hook a module whose output is not modified in place, such as the enclosing block.",
+            ),
+        },
     ),
     Code(
         "HD201", "no-gradient-to-patches", _GRAD, "error",
@@ -271,6 +536,16 @@ Hook a layer before the last token-mixing step: the last block's first norm (tim
 `blocks[-1].norm1`, Hugging Face `layers[-1].layernorm_before`, torchvision
 `encoder.layers[-1].ln_1`). A ViT that averages its patch tokens is fine at the block
 output.""",
+        # Fields: grid ("14x14"), layers (the layers named, each in backticks, joined by " and "),
+        # them ("it" for one layer, "them" for several); picks (the pick operations on the score's
+        # path, "picked*" variants); spec_layer (the layer the spec uses instead, "*instead" variants,
+        # for the dead layers listed up front).
+        templates={
+            "default": _cut_off(),
+            "picked": _cut_off(via=_PICKS),
+            "instead": _cut_off(instead=_INSTEAD),
+            "picked_instead": _cut_off(via=_PICKS, instead=_INSTEAD),
+        },
     ),
     Code(
         "HD202", "not-on-score-path", _GRAD, "error",
@@ -280,6 +555,23 @@ to the logits: the hook fires but no gradient arrives. pytorch-grad-cam fails wi
 "'NoneType' object has no attribute 'shape'", torchcam says "not connected".
 
 Hook a layer on the path from the input to the explained score.""",
+        # "no_grad_mode": the layer runs under no_grad/inference_mode; "not_used": the score does not
+        # depend on its output; "zero_gradient": the score's gradient at it is zero everywhere.
+        templates={
+            "no_grad_mode": Template(
+                "`{layer}` runs with gradients disabled inside the model's forward (torch.no_grad or inference_mode), "
+                "so no gradient can reach it.",
+                "Remove the no_grad / inference_mode around this part of the model's forward.",
+            ),
+            "not_used": Template(
+                "`{layer}` runs, but the explained score does not depend on its output.",
+                _HOOK_ON_THE_PATH,
+            ),
+            "zero_gradient": Template(
+                "The explained score's gradient at `{layer}` is zero everywhere.",
+                _HOOK_ON_THE_PATH,
+            ),
+        },
     ),
     Code(
         "HD203", "no-working-layer", _GRAD, "error",
@@ -295,6 +587,34 @@ gradient, no grid) were not candidates, and the layer table shows their codes.
 
 Check the findings for the layers you expected to work; if the model's score does not
 depend on the image (a zero head, a constant output), fix that first.""",
+        # "no_score_gradient": the score itself carries none; "input_gradient_zero": the score does not
+        # depend on the image; "nothing_works": no candidate layer; "nothing_works_tried": count
+        # candidates tried, tried (the first few as "`name` (why, CODE)", "; "-joined, then ", and N
+        # more" when some are left out).
+        templates={
+            "no_score_gradient": Template(
+                "The model's score carries no gradient: its forward computes it with gradients disabled "
+                "(torch.no_grad / inference_mode) or detaches it.",
+                "Remove the no_grad, inference_mode or .detach() from the model's forward path to the score.",
+            ),
+            "input_gradient_zero": Template(
+                "The explained score has no gradient with respect to the input image: the forward does not use the "
+                "image, or runs the path from it under torch.no_grad / torch.inference_mode, or detaches it.",
+                "Check the model's head and weights (a constant score has nothing to explain), and remove the no_grad, "
+                "inference_mode or .detach() between the image and the score.",
+            ),
+            "nothing_works": Template(
+                "No layer gives a working Grad-CAM map on this input: no layer runs once, returns a plain tensor laid "
+                "out over the image, receives gradient from the score and lies outside the attention internals (the "
+                "layer table says which check each one fails).",
+                _READ_THE_LAYER_FINDINGS,
+            ),
+            "nothing_works_tried": Template(
+                "No layer gives a working Grad-CAM map on this input. Tried every candidate ({count}), latest first: "
+                "{tried}.",
+                _READ_THE_LAYER_FINDINGS,
+            ),
+        },
     ),
     Code(
         "HD204", "negative-evidence-only", _GRAD, "warning",
@@ -308,6 +628,18 @@ Explain the class the model predicts, explain the negative score
 (`BinaryClassifierOutputTarget(0)` for a single-logit model), or look at the signed map
 (Captum: `relu_attributions=False`). hookdoctor recommends the next layer whose map is
 not empty for this class and says so.""",
+        # Fields: target (the class explained); spec_layer ("instead": the layer the spec uses).
+        templates={
+            "default": Template(
+                "Grad-CAM at `{layer}` is all zeros for class {target}: the layer holds only negative evidence for it.",
+                _NEGATIVE_EVIDENCE_FIX,
+            ),
+            "instead": Template(
+                "Grad-CAM at `{layer}` is all zeros for class {target}: the layer holds only negative evidence for it; "
+                "the spec uses `{spec_layer}` instead.",
+                _NEGATIVE_EVIDENCE_FIX,
+            ),
+        },
     ),
     Code(
         "HD205", "no-second-order-gradient", _GRAD, "error",
@@ -328,6 +660,18 @@ input of the example's shape before it hands out ShapleyCAM kwargs.
 Use a first-order method on this layer (GradCAM, HiResCAM, GradCAMElementWise), hook a
 layer after that operation, or replace it by one with a double backward (torchvision's
 `deform_conv2d`, for example, has none).""",
+        # Fields: failure, the operation whose double backward failed. Raised as MethodUnsupportedError
+        # (message and fix in one sentence) by ShapleyCAM's kwargs.
+        templates={
+            "default": Template(
+                "ShapleyCAM cannot run on `{layer}`: it needs the second derivative of the score at this layer, and "
+                "the "
+                "model's backward is not differentiable again ({failure}).",
+                "Use GradCAM, HiResCAM or GradCAMElementWise, which need first-order gradients only, hook a layer "
+                "after "
+                "that operation, or replace it by one with a double backward; hookdoctor explain HD205.",
+            ),
+        },
     ),
     Code(
         "HD301", "token-layout", _LAYOUT, "info",
@@ -339,6 +683,14 @@ silently treat tokens as channels and return a one-dimensional "map" over the em
 The spec's `reshape_transform` drops the prefix tokens, reshapes the rest to the (H, W)
 grid and permutes to `[B, C, H, W]`; `spec.captum()` applies the same view for Captum.""",
         applies="spec",
+        # Fields: prefix (prefix tokens), cells (h * w), channels, h, w.
+        templates={
+            "default": Template(
+                "`{layer}` outputs tokens [B, {prefix}+{cells}, {channels}], not a [B, C, H, W] map.",
+                "The spec's reshape_transform drops {prefix} prefix token(s), reshapes to {h}x{w} and permutes to "
+                "[B, C, H, W].",
+            ),
+        },
     ),
     Code(
         "HD302", "prefix-tokens", _LAYOUT, "info",
@@ -351,6 +703,13 @@ silently.
 The spec drops the number of prefix tokens found in the model (`num_prefix_tokens`, its
 token parameters, the configuration) and confirmed by a locality probe.""",
         applies="spec",
+        # Fields: prefix (prefix tokens).
+        templates={
+            "default": Template(
+                "`{layer}` has {prefix} prefix tokens (CLS plus distillation or register tokens), not one.",
+                "The spec drops exactly {prefix} tokens before reshaping.",
+            ),
+        },
     ),
     Code(
         "HD303", "non-square-grid", _LAYOUT, "info",
@@ -361,6 +720,13 @@ non-square input, or - worse - reshape a 4 x 8 grid as 8 x 4 without error (corr
 
 The spec's grid is (H, W) from the input size and the layer's stride, height first.""",
         applies="spec",
+        # Fields: h, w.
+        templates={
+            "default": Template(
+                "The map of `{layer}` is {h}x{w} (height x width), not square.",
+                "The spec reshapes to ({h}, {w}), height first.",
+            ),
+        },
     ),
     Code(
         "HD304", "channels-last", _LAYOUT, "info",
@@ -373,6 +739,14 @@ harmless.
 
 The spec's `reshape_transform` permutes the output to `[B, C, H, W]`.""",
         applies="spec",
+        # Fields: h, w, channels.
+        templates={
+            "default": Template(
+                "`{layer}` outputs channels-last [B, {h}, {w}, {channels}]; every library would read {h} as the "
+                "channel count.",
+                "The spec's reshape_transform permutes it to [B, C, H, W].",
+            ),
+        },
     ),
     Code(
         "HD305", "no-spatial-extent", _LAYOUT, "error",
@@ -381,6 +755,13 @@ The spec's `reshape_transform` permutes the output to `[B, C, H, W]`.""",
 the map into zeros (pytorch-grad-cam, torchcam) or one constant (Captum).
 
 Hook the last layer before the pooling.""",
+        # Fields: structure, what the layer outputs.
+        templates={
+            "default": Template(
+                "`{layer}` outputs {structure}, which has no spatial grid to draw a map on.",
+                "Hook the last layer before global pooling.",
+            ),
+        },
     ),
     Code(
         "HD306", "not-image-aligned", _LAYOUT, "error",
@@ -395,6 +776,31 @@ recommendation: the input gradient of a probe cell must peak at that cell.
 
 Hook a layer whose output is a grid (or a token sequence in raster order) that follows the
 image.""",
+        # "default": the output's dimensions follow no geometry of the input (structure, input: "224x224");
+        # "not_from_image": the output needs no gradient; "other_input": call `index` of `module`
+        # processes another input; "misaligned": the locality probe failed (layout, as described).
+        templates={
+            "default": Template(
+                "`{layer}` outputs {structure}, whose dimensions do not follow the {input} input's geometry.",
+                "Hook a layer whose output is a grid or a token sequence over the image.",
+            ),
+            "not_from_image": Template(
+                "`{layer}` does not depend on the input image (its output needs no gradient even when the image does).",
+                "Hook a layer computed from the image.",
+            ),
+            "other_input": Template(
+                "Call {index} of `{module}` does not see the explained input: its output is not computed from it (it "
+                "processes another input, such as the other view of a siamese model).",
+                "Name the call of `{module}` that processes the explained input, or explain the other input.",
+            ),
+            "misaligned": Template(
+                "The cells of `{layer}` ({layout}) do not line up with the input: the input gradient of a probe cell "
+                "peaks elsewhere, so a map from it would be drawn in the wrong places (its tokens may be in another "
+                "order than rows of the image: mask units, windows, or shuffled).",
+                "Hook a layer whose cells follow the image in raster order, or pass the model's prefix-token count and "
+                "grid if they are unusual.",
+            ),
+        },
     ),
     Code(
         "HD307", "coarse-alignment", _LAYOUT, "warning",
@@ -408,6 +814,13 @@ grid - so the spec is handed out, but its map is coarser than the grid suggests.
 
 Prefer an earlier layer if you need sharp maps (`--layer`), or check the map on a batch
 of two inputs.""",
+        templates={
+            "default": Template(
+                "The cells of `{layer}` keep the image's order, but their input gradients peak more than a cell away "
+                "from them: each cell looks at much of the image, so the map is coarse.",
+                "Prefer an earlier layer for a sharper map (--layer), or check the map on a batch of two inputs.",
+            ),
+        },
     ),
     Code(
         "HD308", "grid-too-small-for-fem", _LAYOUT, "error",
@@ -420,6 +833,18 @@ ResNet on a small input - every channel is empty and FEM returns zeros, without 
 
 Use a layer with a finer grid (an earlier layer, or a larger input: the grid grows with
 it), pass a smaller `k` yourself, or use another method of the family on this layer.""",
+        # Fields: k (FEM's k), cells, h, w, bound (sqrt(cells - 1)), needed (the fewest cells that work).
+        # Raised as MethodUnsupportedError (message and fix in one sentence) by FEM's kwargs.
+        templates={
+            "default": Template(
+                "FEM cannot give a map at `{layer}`: it keeps the cells whose activation exceeds the channel's mean by "
+                "{k:g} standard deviations, and on a grid of {cells} cells ({h}x{w}) no cell can (at most "
+                "sqrt({cells} - 1) = {bound:.2f}), so the map is all zeros.",
+                "Use a layer with at least {needed} cells (an earlier layer, or a larger input), another method, or a "
+                "smaller k with the plain kwargs (`FEM(**spec.pytorch_grad_cam_kwargs(), k=1)`); hookdoctor explain "
+                "HD308.",
+            ),
+        },
     ),
     Code(
         "HD401", "several-target-layers", _NAMING, "warning",
@@ -429,5 +854,12 @@ with `target_layers` by position. A layer called twice, or one whose gradient do
 arrive, shifts the pairing and a layer's map is built from another layer's tensors.
 
 Use one spec per layer; hookdoctor judges each named layer on its own.""",
+        # Fields: count, how many layers were named.
+        templates={
+            "default": Template(
+                "{count} target layers were named; pytorch-grad-cam would pair their maps by position.",
+                "Use one spec per layer: each named layer is judged on its own below.",
+            ),
+        },
     ),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hookdoctor.codes._code import Code
+from hookdoctor.codes._code import Code, Template
 
 _LOAD = "loading"
 
@@ -16,5 +16,13 @@ hooks added after the first compiled call. hookdoctor inspects the wrapped modul
 reports layer names as `named_modules()` of the model you passed spells them, prefix
 included, so the spec's `layer` is the very module object your model holds.""",
         applies="spec",
+        # Fields: wrappers (" and "-joined wrapper names), prefix (what they add to every name).
+        templates={
+            "default": Template(
+                "The model is wrapped by {wrappers}; its inner module was inspected and layer names carry the prefix "
+                "`{prefix}`.",
+                "Nothing to do: the spec's layer is the module your model holds.",
+            ),
+        },
     ),
 )

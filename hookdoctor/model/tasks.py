@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hookdoctor.codes import get
 from hookdoctor.errors import InputError
 from hookdoctor.model.outputs import OutputSelector, describe, find_score, select_output
 
@@ -43,14 +44,14 @@ _IOU_THRESHOLD = 0.5
 
 
 class TaskRefusal(Exception):  # noqa: N818 - a control-flow signal carrying a coded finding, not an error class
-    """The output's task cannot be explained on this input; carries the code, message and fix."""
+    """The output's task cannot be explained on this input; carries the code and the variant of its text."""
 
-    def __init__(self, code: str, message: str, fix: str, task: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, task: str, *, variant: str = "default") -> None:
         self.code = code
-        self.message = message
-        self.fix = fix
+        self.variant = variant
+        self.message, self.fix = get(code).render(variant, {})
         self.task = task
+        super().__init__(self.message)
 
 
 class SegmentationScores(nn.Module):
@@ -298,22 +299,9 @@ def choose_score(
 def _detection(output: Sequence[Mapping[str, torch.Tensor]]) -> TaskScore:
     first = output[0]
     if len(first["scores"]) == 0:
-        raise TaskRefusal(
-            "HD013",
-            "The detector kept no detection on the example input (every box scored below its threshold), so "
-            "there is no detection whose score could be explained.",
-            "Pass an example input on which the model detects something (a real image and trained weights), or "
-            "build the model with a lower box_score_thresh (torchvision: box_score_thresh=0.0).",
-            "detection",
-        )
+        raise TaskRefusal("HD013", "detection")
     if not first["scores"].requires_grad:
-        raise TaskRefusal(
-            "HD013",
-            "The detector's scores carry no gradient, so no layer's map can be computed from them.",
-            "Run the detector with gradients enabled (no torch.no_grad around its heads) and explain its "
-            "classification scores.",
-            "detection",
-        )
+        raise TaskRefusal("HD013", "detection", variant="no_gradient")
     head = DetectionScores(first["boxes"], first["labels"])
     text = (
         "the class score of the detection matching example detection k (same label, IoU > 0.5; "

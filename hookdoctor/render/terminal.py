@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
     from hookdoctor.render.summary import ModelSummary
-    from hookdoctor.report import Diagnostic, LayerSummary, LayerVerdict, Report
+    from hookdoctor.report import Diagnostic, LayerVerdict, Report
 
 METHOD_TITLES = {"gradcam": "Grad-CAM", "rollout": "attention rollout"}
 # The closing summary line is read at a glance, so it uses the short names.
@@ -534,7 +534,7 @@ def _code(source: str) -> CodeText:
 @dataclass
 class _TreeNode:
     short: str
-    layer: LayerSummary | None
+    layer: LayerVerdict | None
     children: list[_TreeNode]
 
     def signature(self) -> tuple[Any, ...]:
@@ -544,7 +544,7 @@ class _TreeNode:
         return (own, tuple(c.signature() for c in self.children))
 
 
-def module_tree(model_class: str, layers: Sequence[LayerSummary]) -> Tree:
+def module_tree(model_class: str, layers: Sequence[LayerVerdict]) -> Tree:
     """The module tree with each layer's type, layout, grid and verdict.
 
     Identical consecutive blocks (same types, layouts and verdicts all the way down) are shown
@@ -584,22 +584,22 @@ def _add_children(tree: Tree, children: list[_TreeNode]) -> None:
         i += len(run)
 
 
-def _tree_label(layer: LayerSummary, parent: str = "", *, short_override: str | None = None) -> Text:
+def _tree_label(layer: LayerVerdict, parent: str = "", *, short_override: str | None = None) -> Text:
     short = (
         short_override
         if short_override is not None
         else (layer.name[len(parent) + 1 :] if parent else layer.name.rpartition(".")[2])
     )
     text = Text()
-    if layer.usable is True:
-        text.append("✓ ", style="green")
-    elif layer.usable is False:
-        text.append("✗ ", style="red")
-    else:
+    if layer.holds_only:
         text.append("· ", style="dim")
+    elif layer.usable:
+        text.append("✓ ", style="green")
+    else:
+        text.append("✗ ", style="red")
     text.append(short, style="bold")
     text.append(f" {layer.type}", style="dim")
-    layout = _layout_words(layer.layout, layer.grid, None)
+    layout = _layout_words(layer.layout, layer.grid, None) if layer.usable else ""
     if layout:
         text.append(f" {layout}")
     if layer.calls != 1:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hookdoctor.codes import get
 from hookdoctor.errors import InputError, MethodUnsupportedError, MissingDependencyError
 from hookdoctor.geometry.layout import ReshapeTransform
 from hookdoctor.model.guard import preserved
@@ -190,6 +191,12 @@ def second_order_failure(model: SecondOrderModel, input_shape: tuple[int, ...]) 
     return None
 
 
+def _unsupported(code: str, **fields: Any) -> MethodUnsupportedError:
+    """The refusal of ``code``: its message and fix, written from its template, in one sentence."""
+    message, fix = get(code).render("default", fields)
+    return MethodUnsupportedError(code, f"{message} {fix}")
+
+
 def method_kwargs(spec: GradCAMSpec, method: str) -> dict[str, Any]:
     """Keyword arguments for ``pytorch_grad_cam.<method>`` on ``spec``'s layer."""
     method = resolve_method(method)
@@ -216,27 +223,21 @@ def method_kwargs(spec: GradCAMSpec, method: str) -> dict[str, Any]:
         if spec.input_shape is not None:
             failure = second_order_failure(second, spec.input_shape)
             if failure is not None:
-                raise MethodUnsupportedError(
-                    "HD205",
-                    f"ShapleyCAM cannot run on `{spec.layer_name}`: it needs the second derivative of the "
-                    f"score at this layer, and the model's backward is not differentiable again ({failure}). "
-                    "Use GradCAM, HiResCAM or GradCAMElementWise, which need first-order gradients only, hook a "
-                    "layer after that operation, or replace it by one with a double backward; "
-                    "hookdoctor explain HD205.",
-                )
+                raise _unsupported("HD205", layer=spec.layer_name, failure=failure)
         # The grid view needs no reshape; a bfloat16 layer's maps still need the cast for numpy.
         cast = Float32Maps() if isinstance(spec.reshape_transform, Float32Maps) else None
         return {"model": second, "target_layers": [second.target_layer], "reshape_transform": cast}
     if method == "FEM":
         cells = spec.grid[0] * spec.grid[1]
         if math.sqrt(max(cells - 1, 0)) <= FEM_K:
-            raise MethodUnsupportedError(
+            raise _unsupported(
                 "HD308",
-                f"FEM cannot give a map at `{spec.layer_name}`: it keeps the cells whose activation exceeds the "
-                f"channel's mean by {FEM_K:g} standard deviations, and on a grid of {cells} cells "
-                f"({spec.grid[0]}x{spec.grid[1]}) no cell can (at most sqrt({cells} - 1) = "
-                f"{math.sqrt(max(cells - 1, 0)):.2f}), so the map is all zeros. Use a layer with at least "
-                f"{int(FEM_K**2) + 2} cells (an earlier layer, or a larger input), another method, or a smaller "
-                "k with the plain kwargs (`FEM(**spec.pytorch_grad_cam_kwargs(), k=1)`); hookdoctor explain HD308.",
+                layer=spec.layer_name,
+                k=FEM_K,
+                cells=cells,
+                h=spec.grid[0],
+                w=spec.grid[1],
+                bound=math.sqrt(max(cells - 1, 0)),
+                needed=int(FEM_K**2) + 2,
             )
     return base
