@@ -171,7 +171,7 @@ def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionC
 
 def _keep_stats(calls: list[CallRecord], room: dict[str, torch.Tensor] | None) -> Any:
     def keep(grad: torch.Tensor) -> None:
-        stats = GradStats.of(grad, room)
+        stats = GradStats.of(grad, into=room)
         for call in calls:
             call.grad = stats
 
