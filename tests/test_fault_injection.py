@@ -210,3 +210,93 @@ def test_hf_segformer_whose_first_forward_runs_inside_inspect_still_works():
     with torch.no_grad():
         out = model(x, output_hidden_states=True)  # the library installs its hooks now, and they work
     assert out.logits.shape == (1, 3, 16, 16) and len(out.hidden_states) == 2
+
+
+# The guard copies nothing up front: it keeps a tensor's values just before something writes into
+# its memory. Each way of writing into a weight from a forward must come back all the same.
+
+
+class _EditsEveryWay(fx.SmallCNN):
+    """Writes into its weights every way Python can, then (optionally) raises."""
+
+    def __init__(self, raise_after: bool) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(16).eval()
+        self.raise_after = raise_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        # batch norm forced to training: the kernel updates the running statistics it is given
+        features = nn.functional.batch_norm(
+            features, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, True
+        )
+        self.bn.num_batches_tracked += 1
+        out = self.fc(features.mean((2, 3)))
+        with torch.no_grad():
+            self.conv2.weight.mul_(2)  # in place under no_grad (moves the version counter)
+            self.conv1.weight[0].zero_()  # through a view
+        self.fc.weight.data[1:3] = 5.0  # through .data (leaves the version counter as it was)
+        torch.add(self.fc.bias.data, 1.0, out=self.fc.bias.data)  # out=
+        nn.functional.relu(self.conv1.bias.data.sub_(9.0), True)  # inplace=True on an alias
+        if self.raise_after:
+            raise fx.Boom("after editing the weights")
+        return out
+
+
+@pytest.mark.parametrize("raise_after", [False, True], ids=["returns", "raises"])
+def test_weights_written_every_way_in_forward_come_back(raise_after):
+    model = _EditsEveryWay(raise_after).eval()
+    before = fx.state_of(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # every write was seen (no "could not put back")
+        if raise_after:
+            with pytest.raises(ModelRunError, match="forward raised Boom"):
+                hookdoctor.inspect(model, X, methods=GRADCAM)
+        else:
+            with pytest.raises(ModelRunError):  # its graph needs conv2's weight as it was: every method fails
+                hookdoctor.inspect(model, X, methods=GRADCAM)
+    assert_untouched(before, model)
+
+
+def test_only_the_tensors_written_to_are_copied(monkeypatch):
+    from hookdoctor.model import guard
+
+    copied: list[tuple[int, ...]] = []
+    save = guard._TensorState.save
+
+    def counting(state: guard._TensorState) -> None:
+        copied.append(tuple(state.tensor.shape))
+        save(state)
+
+    monkeypatch.setattr(guard._TensorState, "save", counting)
+    model = fx.DataEditedWeight().eval()
+    before = fx.state_of(model)
+    hookdoctor.inspect(model, X, methods=GRADCAM)
+    assert_untouched(before, model)
+    assert copied == [(10,)]  # fc.bias, once: no other weight was copied
+    copied.clear()
+    with preserved(model), torch.no_grad():
+        model.conv1.weight.detach()[0, 0].fill_(3.0)  # a detached view shares the weight's memory
+        model.conv1.weight.add_(1.0)  # a second write: no second copy
+    assert copied == [(8, 3, 3, 3)]
+    assert_untouched(before, model)
+
+
+def test_a_write_the_guard_cannot_see_is_reported():
+    """Under DisableTorchFunction no mode sees the write: the version counter tells, and a warning says so."""
+    model = fx.SmallCNN()
+    with pytest.warns(RuntimeWarning, match=r"could not put back `conv2.weight`"), preserved(model):
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            model.conv2.weight.mul_(2)
+
+
+def test_a_rebound_data_and_a_replaced_storage_come_back():
+    model = fx.SmallCNN()
+    before = fx.state_of(model)
+    with preserved(model), torch.no_grad():
+        old = model.conv1.weight.data
+        model.conv1.weight.data = torch.zeros_like(old)
+        old.add_(1.0)  # the storage the weight held before, written after the rebinding
+        model.conv2.weight.set_(torch.ones(16, 8, 3, 3))
+        model.conv2.weight.add_(1.0)
+    assert_untouched(before, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from importlib import metadata
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 
+@functools.cache  # the installed metadata is read once per process (20-30 ms a call otherwise)
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)

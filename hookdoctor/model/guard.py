@@ -15,7 +15,13 @@ puts back:
   ``_output_capturing_hooks_installed`` with the output-capturing hooks of the first
   forward: both go, so the next forward installs them again);
 - the values of every parameter and buffer, edited in place or not, and each
-  parameter's ``requires_grad`` and ``.grad``;
+  parameter's ``requires_grad`` and ``.grad``. Nothing is copied up front: a
+  ``TorchFunctionMode`` sees every torch operation called while the guard is active and,
+  before one writes into the memory of a parameter or buffer (in place, through ``.data``
+  or a view, ``out=``, ``inplace=True``, batch norm's running statistics), keeps that one
+  tensor's values (copy on write). A rebound ``.data`` is found by its storage. An edit
+  the mode cannot see (a C++ extension writing into a weight) still moves the tensor's
+  version counter: it is reported in a ``RuntimeWarning``, since its old values are gone;
 - the transformers attention settings;
 - the RNG states of torch (CPU and initialised CUDA devices), Python's ``random`` and
   numpy.
@@ -27,7 +33,9 @@ runs one forward first.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +44,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.overrides import TorchFunctionMode
 
 from hookdoctor.errors import InputError
 
@@ -127,37 +136,177 @@ def _copy(container: Any) -> Any:
 
 @dataclass
 class _TensorState:
-    """A parameter's or buffer's value, kept on the CPU so that a GPU model's memory is not doubled."""
+    """A parameter's or buffer's binding: its storage, ``requires_grad`` and ``.grad``; values only once written."""
 
     tensor: torch.Tensor
     data: torch.Tensor  # an alias of the storage the object held: ``param.data = ...`` swaps it
-    saved: torch.Tensor | None  # None for a meta tensor: it holds no values (a structure-only pass)
+    version: int  # the in-place version counter: an edit the write watch did not see still moves it
     requires_grad: bool
     grad: torch.Tensor | None
+    saved: torch.Tensor | None = None  # the values before the first write the watch saw (on the CPU)
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> _TensorState:
-        with torch.no_grad():
-            saved = None if tensor.is_meta else tensor.detach().to("cpu", copy=True)
-        return cls(tensor, tensor.data, saved, tensor.requires_grad, tensor.grad)
+        return cls(tensor, tensor.data, _version(tensor), tensor.requires_grad, tensor.grad)
 
-    def restore(self) -> None:
+    def save(self) -> None:
+        """Keep the values, once, before a write: on the CPU, so that a GPU model's memory is not doubled."""
+        if self.saved is None:
+            with torch.no_grad():
+                self.saved = self.data.detach().to("cpu", copy=True)
+
+    def restore(self) -> bool:
+        """Put the binding and, where a write was seen, the values back; False for an edit nobody saw."""
         tensor = self.tensor
         data = tensor.data
-        if (data.data_ptr(), data.shape, data.dtype, data.device) != (
+        rebound = (data.data_ptr(), data.shape, data.dtype, data.device) != (
             self.data.data_ptr(), self.data.shape, self.data.dtype, self.data.device,
-        ):
+        )
+        if rebound:  # ``param.data = ...`` or ``set_`` (which no mode sees): the old storage is intact
             tensor.data = self.data  # the object is bound to its old storage again
-        # Always compared: an edit through ``.data`` leaves the version counter as it was.
-        if self.saved is not None and not tensor.is_meta:
+        unseen = self.saved is None and not rebound and not tensor.is_meta and _version(tensor) != self.version
+        if self.saved is not None:
             with torch.no_grad():
                 value = self.saved.to(tensor.device)
                 if not torch.equal(tensor.detach(), value):
                     tensor.detach().copy_(value)
+            self.saved = None
         if tensor.requires_grad != self.requires_grad:
             tensor.requires_grad_(self.requires_grad)
         if tensor.grad is not self.grad:
             tensor.grad = self.grad
+        return not unseen
+
+
+def _version(tensor: torch.Tensor) -> int:
+    return -1 if tensor.is_inference() else int(tensor._version)
+
+
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    """The identity of the memory a tensor reads (its views and ``.data`` aliases share it)."""
+    try:
+        return int(tensor.untyped_storage()._cdata)
+    except Exception:  # sparse, nested or other tensors without one plain storage
+        return None
+
+
+# Tensor methods whose name ends in "_" but that write no values.
+_NOT_WRITES = frozenset({"requires_grad_", "rename_", "_fix_weakref"})
+# Operations that update tensors they are given inside the kernel (batch norm's running statistics):
+# their argument at index 5 (or the keyword) says whether they do.
+_UPDATES_ARGUMENTS = {
+    "batch_norm": "training", "native_batch_norm": "training", "_native_batch_norm_legit": "training",
+    "_batch_norm_with_update": None, "cudnn_batch_norm": "training", "miopen_batch_norm": "training",
+    "_batch_norm_impl_index": "training", "instance_norm": "use_input_stats",
+}
+
+
+def _inplace_flag_positions() -> dict[Any, int]:
+    """torch.nn.functional functions with an ``inplace`` argument -> its position."""
+    import inspect as _inspect
+
+    import torch.nn.functional as F
+
+    found: dict[Any, int] = {}
+    for name in dir(F):
+        function = getattr(F, name)
+        if not callable(function) or isinstance(function, type):
+            continue
+        try:
+            parameters = list(_inspect.signature(function).parameters)
+        except (TypeError, ValueError):
+            continue
+        if "inplace" in parameters:
+            found[function] = parameters.index("inplace")
+    return found
+
+
+_INPLACE_FLAG = _inplace_flag_positions()
+_INPLACE_DUNDERS = frozenset(
+    {"add", "sub", "mul", "truediv", "floordiv", "div", "mod", "pow", "and", "or", "xor", "lshift", "rshift",
+     "matmul"}
+)
+# How each function seen so far may write: _NEVER, _ALWAYS, ("inplace", position) or (flag name, default).
+_NEVER, _ALWAYS = 0, 1
+_KINDS: dict[Any, Any] = {}
+
+
+def _kind(func: Any) -> Any:
+    name = getattr(func, "__name__", "")
+    if (
+        name in ("__setitem__", "__set__")
+        or (name.startswith("__i") and name.endswith("__") and name[3:-2] in _INPLACE_DUNDERS)
+        or (name.endswith("_") and not name.endswith("__") and name not in _NOT_WRITES)
+    ):
+        return _ALWAYS
+    if _hashable(func) and func in _INPLACE_FLAG:
+        return ("inplace", _INPLACE_FLAG[func])
+    flag = _UPDATES_ARGUMENTS.get(name, "")
+    if flag is None:
+        return _ALWAYS
+    if flag:
+        return (flag, flag == "use_input_stats")  # F.instance_norm uses the input's statistics by default
+    return _NEVER
+
+
+def _writes(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``func(*args, **kwargs)`` may write into a tensor it is given."""
+    try:
+        kind = _KINDS[func]
+    except KeyError:
+        kind = _KINDS[func] = _kind(func)
+    except TypeError:  # an unhashable callable: judged each time
+        kind = _kind(func)
+    if kind == _NEVER:
+        return bool(kwargs) and kwargs.get("out") is not None
+    if kind == _ALWAYS or kwargs.get("out") is not None:
+        return True
+    flag, default = kind
+    if flag == "inplace":
+        return bool(kwargs.get("inplace", args[default] if len(args) > default else False))
+    return bool(kwargs.get(flag, args[5] if len(args) > 5 else default))
+
+
+def _hashable(func: Any) -> bool:
+    try:
+        hash(func)
+    except TypeError:
+        return False
+    return True
+
+
+def _tensors_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[torch.Tensor]:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, torch.Tensor))
+
+
+class _WriteWatch(TorchFunctionMode):
+    """Copy on write: before an operation writes into the memory of a guarded tensor, its values are kept.
+
+    Every torch operation called from Python while the guard is active passes through
+    here - the model's forward, hooks, ``.data`` edits (an alias of the same storage), views
+    (``weight[0].zero_()``), ``out=`` and ``inplace=True`` calls, batch norm updating its
+    running statistics - so only the tensors something writes to are ever copied.
+    """
+
+    def __init__(self, by_storage: dict[int, list[_TensorState]]) -> None:
+        super().__init__()
+        self._by_storage = by_storage
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if self._by_storage and _writes(func, args, kwargs):
+            for tensor in _tensors_in(args, kwargs):
+                key = _storage_key(tensor)
+                if key is not None and key in self._by_storage:
+                    for state in self._by_storage.pop(key):
+                        state.save()
+        return func(*args, **kwargs)
 
 
 @dataclass
@@ -201,21 +350,39 @@ def preserved(model: nn.Module) -> Iterator[None]:
         for value in (*m._parameters.values(), *m._buffers.values()):
             if value is not None:
                 tensors.setdefault(id(value), value)
-    values = [_TensorState.of(t) for t in tensors.values()]
+    states = [_TensorState.of(t) for t in tensors.values()]
+    by_storage: dict[int, list[_TensorState]] = {}
+    for state in states:
+        storage = None if state.tensor.is_meta else _storage_key(state.tensor)  # a meta tensor holds no values
+        if storage is not None:
+            by_storage.setdefault(storage, []).append(state)
     configs = [
         (c, {f: getattr(c, f) for f in _CONFIG_FIELDS if f in getattr(c, "__dict__", {})}) for c in _configs(model)
     ]
     rng = _RandomState.capture()
     try:
-        yield
+        with _WriteWatch(by_storage) if by_storage else contextlib.nullcontext():
+            yield
     finally:
         # Attributes first: they re-bind the parameter and buffer objects whose values follow.
-        for state in modules:
-            state.restore()
-        for tensor_state in values:
-            tensor_state.restore()
+        for module_state in modules:
+            module_state.restore()
+        unseen = [state.tensor for state in states if not state.restore()]
         for config, settings in configs:
             for key, setting in settings.items():
                 if getattr(config, key, None) != setting:
                     config.__dict__[key] = setting
         rng.restore()
+        if unseen:
+            warnings.warn(_unseen_edit(model, unseen), RuntimeWarning, stacklevel=3)
+
+
+def _unseen_edit(model: nn.Module, unseen: list[torch.Tensor]) -> str:
+    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+    shown = ", ".join(f"`{names.get(id(t), tuple(t.shape))}`" for t in unseen[:3])
+    more = f" and {len(unseen) - 3} more" if len(unseen) > 3 else ""
+    return (
+        f"hookdoctor could not put back {shown}{more}: something edited it in place outside torch's Python API "
+        "(a C++ extension, or code run under torch._C.DisableTorchFunction), where hookdoctor cannot see the "
+        "write coming and keep the old values. Reload those weights before using the model."
+    )

@@ -8,6 +8,7 @@ locality test, and ``Probe.release`` drops them before it returns.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,48 @@ from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.sites import AttentionSite
 
 
+def stat_shapes(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The statistics ``GradStats`` keeps of a gradient of ``shape``, and the shape of each (none for 1-D/2-D)."""
+    if len(shape) == 5:  # video: 3-D convolution outputs [B, C, T, H, W]
+        b, c, t, h, w = shape
+        return {"energy.NCTHW": (t, h, w), "mean.NCTHW": (b, c)}
+    if len(shape) == 4:
+        b, c, h, w = shape
+        return {"energy.NCHW": (h, w), "energy.NHWC": (c, h), "mean.NCHW": (b, c), "mean.NHWC": (b, w)}
+    if len(shape) == 3:  # a token sequence [B, T, C] or a 1-D convolution's [B, C, L]
+        b, t, c = shape
+        return {
+            "energy.tokens": (t,), "energy.NCL": (c,), "mean.tokens": (b, c), "mean.NCL": (b, t),
+            "leading": (b, min(MAX_PREFIX_TOKENS, t), c),
+        }
+    return {}
+
+
+def stat_buffers(requests: list[tuple[int, ...]], like: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Room for the statistics of each gradient (shape ``requests[i]``, dtype and device of ``like[i]``).
+
+    One flat allocation per dtype and device, made before the backward, holds them all:
+    hundreds of small tensors kept while large gradients come and go during the backward
+    would scatter the heap (the process's resident set grew by more than the activations).
+    """
+    sizes: dict[tuple[torch.dtype, torch.device], int] = {}
+    for shape, tensor in zip(requests, like, strict=True):
+        key = (tensor.dtype, tensor.device)
+        sizes[key] = sizes.get(key, 0) + sum(math.prod(s) for s in stat_shapes(shape).values())
+    flat = {key: torch.empty(total, dtype=key[0], device=key[1]) for key, total in sizes.items() if total}
+    offsets = dict.fromkeys(flat, 0)
+    found = []
+    for shape, tensor in zip(requests, like, strict=True):
+        key = (tensor.dtype, tensor.device)
+        views = {}
+        for name, stat in stat_shapes(shape).items():
+            size = math.prod(stat)
+            views[name] = flat[key][offsets[key] : offsets[key] + size].view(stat)
+            offsets[key] += size
+        found.append(views)
+    return found
+
+
 @dataclass(frozen=True)
 class GradStats:
     """What Grad-CAM and the checks need of one gradient, for every layout it could have."""
@@ -30,28 +73,50 @@ class GradStats:
     num_tokens: int = 0
 
     @classmethod
-    def of(cls, grad: torch.Tensor) -> GradStats:
+    def of(cls, grad: torch.Tensor, into: dict[str, torch.Tensor] | None = None) -> GradStats:
+        """The statistics of ``grad``, written into ``into`` (from ``stat_buffers``) when it fits."""
         grad = grad.detach()
         if grad.is_meta:  # structure only: that the gradient arrived is all there is to know
             return cls(energy={}, channel_mean={}, leading_tokens=None, num_tokens=int(grad.shape[1]))
-        if grad.dim() == 5:  # video: 3-D convolution outputs
+        shapes = stat_shapes(tuple(grad.shape))
+        if into is None or any(
+            name not in into or into[name].shape != shape or into[name].dtype != grad.dtype
+            or into[name].device != grad.device
+            for name, shape in shapes.items()
+        ):
+            into = {name: grad.new_empty(shape) for name, shape in shapes.items()}
+        magnitude = grad.abs()  # once, for every layout's energy
+        if grad.dim() == 5:
             return cls(
-                energy={"NCTHW": grad.abs().sum((0, 1)).flatten()},
-                channel_mean={"NCTHW": grad.mean((2, 3, 4))},
+                energy={"NCTHW": torch.sum(magnitude, (0, 1), out=into["energy.NCTHW"]).flatten()},
+                channel_mean={"NCTHW": torch.mean(grad, (2, 3, 4), out=into["mean.NCTHW"])},
                 leading_tokens=None,
             )
         if grad.dim() == 4:
             return cls(
-                energy={"NCHW": grad.abs().sum((0, 1)).flatten(), "NHWC": grad.abs().sum((0, 3)).flatten()},
-                channel_mean={"NCHW": grad.mean((2, 3)), "NHWC": grad.mean((1, 2))},
+                energy={
+                    "NCHW": torch.sum(magnitude, (0, 1), out=into["energy.NCHW"]).flatten(),
+                    "NHWC": torch.sum(magnitude, (0, 3), out=into["energy.NHWC"]).flatten(),
+                },
+                channel_mean={
+                    "NCHW": torch.mean(grad, (2, 3), out=into["mean.NCHW"]),
+                    "NHWC": torch.mean(grad, (1, 2), out=into["mean.NHWC"]),
+                },
                 leading_tokens=None,
             )
         # A 3-D output is a token sequence [B, T, C] or a 1-D convolution's [B, C, L].
+        leading = into["leading"]
         return cls(
-            energy={"tokens": grad.abs().sum((0, 2)), "NCL": grad.abs().sum((0, 1))},
+            energy={
+                "tokens": torch.sum(magnitude, (0, 2), out=into["energy.tokens"]),
+                "NCL": torch.sum(magnitude, (0, 1), out=into["energy.NCL"]),
+            },
             # tokens: a sum; the prefix is taken out per layout
-            channel_mean={"tokens": grad.sum(1), "NCL": grad.mean(2)},
-            leading_tokens=grad[:, :MAX_PREFIX_TOKENS].clone(),
+            channel_mean={
+                "tokens": torch.sum(grad, 1, out=into["mean.tokens"]),
+                "NCL": torch.mean(grad, 2, out=into["mean.NCL"]),
+            },
+            leading_tokens=leading.copy_(grad[:, : leading.shape[1]]),
             num_tokens=int(grad.shape[1]),
         )
 

@@ -31,7 +31,16 @@ from hookdoctor.model.outputs import describe, primary_tensor
 from hookdoctor.model.tasks import SegmentationScores, TaskScore, choose_score
 from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.intercept import AttentionEvent, intercepting
-from hookdoctor.probe.record import AttentionCall, CallRecord, GradStats, ModuleRecord, Probe, Score, ScoreRequest
+from hookdoctor.probe.record import (
+    AttentionCall,
+    CallRecord,
+    GradStats,
+    ModuleRecord,
+    Probe,
+    Score,
+    ScoreRequest,
+    stat_buffers,
+)
 from hookdoctor.probe.sites import SiteNamer
 
 
@@ -138,26 +147,47 @@ def _gradient_hooks(records: dict[str, ModuleRecord], attention: list[AttentionC
             tensor = call.tensor
             if call.requires_grad and tensor is not None and tensor.dim() in (3, 4, 5):
                 sharing.setdefault(id(tensor), (tensor, []))[1].append(call)
+    hooked = [(tensor, calls) for tensor, calls in sharing.values() if not tensor.is_meta]
+    reached = [
+        seen for seen in attention
+        if seen.on_path and seen.probs is not None and seen.probs.requires_grad and not seen.probs.is_meta
+    ]
+    # Room for every statistic, made before the backward (see stat_buffers); the rows of each
+    # attention ride along as a [Tq] "energy.tokens" of a [1, Tq, 1] request.
+    buffers = stat_buffers(
+        [tuple(t.shape) for t, _ in hooked] + [(1, int(seen.probs.shape[2]), 1) for seen in reached],  # type: ignore[union-attr]
+        [t for t, _ in hooked] + [seen.probs for seen in reached],  # type: ignore[misc]
+    )
+    into = {id(t): b for (t, _), b in zip(hooked, buffers, strict=False)}
+    rows_into = {id(seen): b["energy.tokens"] for seen, b in zip(reached, buffers[len(hooked) :], strict=True)}
     for tensor, calls in sharing.values():
-
-        def keep(grad: torch.Tensor, calls: list[CallRecord] = calls) -> None:
-            stats = GradStats.of(grad)
-            for call in calls:
-                call.grad = stats
-
-        handles.append(tensor.register_hook(keep))
+        handles.append(tensor.register_hook(_keep_stats(calls, into.get(id(tensor)))))
     for seen in attention:
         probs = seen.probs
         if seen.on_path and probs is not None and probs.requires_grad:
-
-            def rows(grad: torch.Tensor, seen: AttentionCall = seen) -> None:
-                if grad.is_meta:  # structure only: no energy, only that the gradient arrived
-                    seen.row_energy = grad.new_empty(grad.shape[2])
-                else:
-                    seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
-
-            handles.append(probs.register_hook(rows))
+            handles.append(probs.register_hook(_keep_rows(seen, rows_into.get(id(seen)))))
     return handles
+
+
+def _keep_stats(calls: list[CallRecord], room: dict[str, torch.Tensor] | None) -> Any:
+    def keep(grad: torch.Tensor) -> None:
+        stats = GradStats.of(grad, into=room)
+        for call in calls:
+            call.grad = stats
+
+    return keep
+
+
+def _keep_rows(seen: AttentionCall, room: torch.Tensor | None) -> Any:
+    def rows(grad: torch.Tensor) -> None:
+        if grad.is_meta:  # structure only: no energy, only that the gradient arrived
+            seen.row_energy = grad.new_empty(grad.shape[2])
+        elif room is not None and room.shape == grad.shape[2:3] and room.dtype == grad.dtype:
+            seen.row_energy = torch.sum(grad.detach().abs(), dim=(0, 1, 3), out=room)
+        else:
+            seen.row_energy = grad.detach().abs().sum(dim=(0, 1, 3))
+
+    return rows
 
 
 def _forget_gradients(records: dict[str, ModuleRecord], attention: list[AttentionCall]) -> None:
