@@ -194,7 +194,11 @@ def inspect(
         return retested[name]
 
     verdicts = {name: check_layer(name) for name in requested}
-    diagnostics += [d for verdict in verdicts.values() for d in verdict.diagnostics]
+    # A named layer's findings, except what the pass already reported of that layer (HD204 says
+    # the spec's layer instead of the named one: one finding, not two).
+    reported = {(d.code, d.layer) for d in diagnostics}
+    named_findings = [d for verdict in verdicts.values() for d in verdict.diagnostics]
+    diagnostics += [d for d in named_findings if (d.code, d.layer) not in reported]
     if structure_only:  # nothing was run on values: every spec says so
         gradcam_spec = dataclasses.replace(gradcam_spec, verified=False) if gradcam_spec is not None else None
         rollout_spec = dataclasses.replace(rollout_spec, verified=False) if rollout_spec is not None else None

@@ -354,3 +354,14 @@ def test_a_rollout_only_report_holds_no_grad_cam_findings() -> None:
     report = hookdoctor.inspect(_tiny_vit(), torch.randn(1, 3, 32, 32), methods=("rollout",))
     assert report.gradcam is None and report.rollout is not None and report.ok
     assert {d.method for d in report.diagnostics} <= {"rollout", None}
+
+
+def test_a_named_layer_with_only_negative_evidence_is_reported_once() -> None:
+    from fixtures import pathological
+
+    binary = pathological.negative_evidence_binary()
+    x = pathological.example_input("negative_evidence_binary")
+    report = hookdoctor.inspect(binary, x, methods=("gradcam",), layer="features")
+    found = [d for d in report.diagnostics if d.code == "HD204" and d.layer == "features"]
+    assert len(found) == 1, [d.message for d in found]  # the pass's finding, not again the verdict's
+    assert "HD204" in [d.code for d in report.layer_verdicts["features"].diagnostics]
