@@ -29,12 +29,11 @@ from hookdoctor.errors import ModelRunError
 from hookdoctor.geometry.layout import Layout, aligned_grid
 from hookdoctor.geometry.locality import (
     cell_energies,
-    common_mode_removed,
     contiguous_gradients,
     gradcam_map,
     is_working_map,
     keeps_order,
-    peaks_at_cells,
+    peaks_as_laid_out,
 )
 
 # The locality test runs on at most this many layouts per layer (most likely first), so a
@@ -58,7 +57,6 @@ class Confirmation:
     failure: str = ""
     coarse: bool = False
     negative_evidence: bool = False
-    locality_tested: bool = False
     structure_only: bool = False  # chosen from the shape alone: nothing about the cells was tested
     diagnostics: tuple[Diagnostic, ...] = ()
 
@@ -82,7 +80,6 @@ class Confirmer:
         self.context = context
         self.probe = context.probe
         self._energies: dict[tuple[int, Layout], list[torch.Tensor] | None] = {}
-        self.backwards = 0  # locality backward passes run so far (the cost this class keeps low)
         # PyTorch 2.14 CPU: eval BatchNorm with batch 1 gets wrong input gradients from a
         # non-contiguous incoming gradient; the probe's locality backwards get contiguous ones.
         self._batchnorm_outputs = [
@@ -132,10 +129,8 @@ class Confirmer:
                 return Confirmation(kept)
         for layout in working:
             found = self._cell_energies(call.output_tensor, layout)
-            if found is not None and (
-                peaks_at_cells(found, layout) or peaks_at_cells(common_mode_removed(found), layout)
-            ):
-                return Confirmation(layout, locality_tested=True)
+            if found is not None and peaks_as_laid_out(found, layout):
+                return Confirmation(layout)
         # The relaxed test only for the prefix the model declares, where some layout has it, and
         # only for grids one stride explains: a grid with a stride per axis needs the strict test.
         hint = self.context.prefix_hint
@@ -145,8 +140,8 @@ class Confirmer:
                 continue
             found = self._cell_energies(call.output_tensor, layout)
             if found is not None and keeps_order(found, layout):
-                return Confirmation(layout, coarse=True, locality_tested=True)
-        return Confirmation(None, failure=CELLS_MISALIGNED, locality_tested=True)
+                return Confirmation(layout, coarse=True)
+        return Confirmation(None, failure=CELLS_MISALIGNED)
 
     def _cell_energies(self, tensor: torch.Tensor, layout: Layout) -> list[torch.Tensor] | None:
         key = (id(tensor), layout)
@@ -155,7 +150,6 @@ class Confirmer:
                 self._energies[key] = cell_energies(
                     tensor, self.probe.input_image, layout, channel_axis=self.probe.channel_axis
                 )
-            self.backwards += 2
         return self._energies[key]
 
 

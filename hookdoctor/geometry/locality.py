@@ -147,9 +147,12 @@ def lines_up(
     energies = cell_energies(output, image, layout, channel_axis=channel_axis)
     if energies is None:
         return False
-    if peaks_at_cells(energies, layout) or peaks_at_cells(common_mode_removed(energies), layout):
-        return True
-    return not strict and keeps_order(energies, layout)
+    return peaks_as_laid_out(energies, layout) or (not strict and keeps_order(energies, layout))
+
+
+def peaks_as_laid_out(energies: list[torch.Tensor], layout: Layout) -> bool:
+    """The strict test: every probe cell peaks at that cell, as measured or with the common part removed."""
+    return peaks_at_cells(energies, layout) or peaks_at_cells(common_mode_removed(energies), layout)
 
 
 @contextmanager
