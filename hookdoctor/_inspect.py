@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import numbers
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -180,8 +181,16 @@ def inspect(
     # The locality test needs the pass's autograd graph, which does not outlive inspect: a usable
     # layer this pass did not test is tested on demand by a pass that names it, so check_layer
     # and inspect(layer=...) give one answer.
-    again = _AgainNamed(model, example_input, input_shape=input_shape, target=target, output=output)
-    again.keep(explain=explain, task=task, reference=reference)
+    again = _AgainNamed(
+        model,
+        example_input=example_input,
+        input_shape=input_shape,
+        target=target,
+        output=output,
+        explain=explain,
+        task=task,
+        reference=reference,
+    )
     retested: dict[str, LayerVerdict] = {}
 
     def check_layer(name: str) -> LayerVerdict:
@@ -335,17 +344,13 @@ class _AgainNamed:
     again from its seed. Inputs that cannot be referenced weakly (a dict) are not kept.
     """
 
-    def __init__(self, model: nn.Module, example_input: Any, **arguments: Any) -> None:
+    def __init__(self, model: nn.Module, **arguments: Any) -> None:
         self.model = model
-        self.arguments = arguments
-        self.example = _weak(example_input)
-
-    def keep(self, **more: Any) -> None:
-        self.arguments |= {name: _weak(value) for name, value in more.items()}
+        self.arguments = {name: _weak(value) for name, value in arguments.items()}
 
     def verdict(self, name: str) -> LayerVerdict | None:
         """The verdict of an inspect that names ``name`` (and so tests its cells), or None when the input is gone."""
-        values = {key: _recalled(value) for key, value in {"example_input": self.example, **self.arguments}.items()}
+        values = {key: _recalled(value) for key, value in self.arguments.items()}
         if any(value is _GONE for value in values.values()):
             return None
         report = inspect(self.model, methods=GRADCAM, layer=name, **values)
@@ -361,7 +366,7 @@ def _weak(value: Any) -> Any:
         return weakref.ref(value)
     if value is None or isinstance(value, (str, int, float)):
         return value
-    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+    if isinstance(value, (tuple, list)) and all(isinstance(v, numbers.Number) for v in value):  # a shape
         return value
     return _GONE
 
