@@ -41,7 +41,7 @@ class LayerVerdict:
     grid: tuple[int, ...] | None = None
     prefix_tokens: int | None = None
     suggestions: list[str] = field(default_factory=list)
-    # True when a locality test (or a path of position-keeping operations) showed that the
+    # True when a locality test (or the autograd graph, probe.positions) showed that the
     # cells line up with the input, False when they do not (HD306), None when not tested:
     # inspect tests the layers it tries for its recommendation and the layers named in layer=.
     cells_confirmed: bool | None = None

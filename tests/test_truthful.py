@@ -16,7 +16,8 @@ import torch
 
 import hookdoctor
 from fixtures import truthful as fx
-from hookdoctor.geometry.layout import ReshapeTransform
+from hookdoctor.geometry.layout import Layout, ReshapeTransform
+from hookdoctor.geometry.locality import cell_energies, peaks_as_laid_out, peaks_at_cells
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # any pytest import mode
 from helpers import (  # noqa: E402
@@ -164,6 +165,40 @@ def test_a_common_mode_gradient_does_not_hide_a_layer_that_lines_up():
     # (the context adds one vector to every token, so it cannot move them).
     model.context.strength = 0.0
     assert_aligned(spec, x)
+
+
+
+def test_the_strict_locality_test_removes_the_common_part():
+    # inspect proves this layer's layout from the graph (a residual sum with global context);
+    # the gradient test it would otherwise run must pass too, through the common-mode removal.
+    model, x = fx.common_mode_vit(), fx.example_input("common_mode_vit")
+    captured: list[torch.Tensor] = []
+    handle = model.norm.register_forward_hook(lambda module, args, out: captured.append(out))
+    image = x.clone().requires_grad_(True)
+    try:
+        model(image)
+    finally:
+        handle.remove()
+    layout = Layout("tokens", (4, 4), captured[0].shape[-1], 1)
+    energies = cell_energies(captured[0], image, layout)
+    assert energies is not None
+    assert not peaks_at_cells(energies, layout)  # the raw peaks are the shared part's
+    assert peaks_as_laid_out(energies, layout)
+
+
+# -- item 2: cells that keep the grid's order only (HD307) ------------------------------------------
+def test_cells_that_only_keep_the_order_are_handed_out_with_hd307():
+    model, x, report = _inspect("coarse_mix_vit", methods=GRADCAM)
+    transform = ReshapeTransform("tokens", (4, 4), 1)
+    cells = corner_cells((4, 4))
+    # With the real autograd: the corner cells' input gradients peak one cell in, in order.
+    assert aligned_cells(model, model.norm, transform, (4, 4), x, cells) < len(cells)
+    assert aligned_cells(model, model.norm, transform, (4, 4), x, cells, tolerance=1) == len(cells)
+    spec = report.gradcam
+    assert spec is not None and spec.layer_name == "norm" and spec.layout.prefix_tokens == 1
+    assert "HD307" in _codes(report.check_layer("norm"))
+    assert any(d.code == "HD307" and d.layer == "norm" for d in report.diagnostics)
+    assert_working_map(spec_gradcam(spec, x), (4, 4))
 
 
 # -- item 7: PyTorch 2.14's BatchNorm batch-1 gradient on CPU -------------------------------------------

@@ -8,10 +8,13 @@ the probe's gradient statistics, no backward - and the locality test (one backwa
 probe cell) only for layouts whose map works; a tensor returned by several modules is
 tested once per layout.
 
-A grid reached from the input only through position-keeping operations lines up by
-construction (``GradGraph.may_move_positions``) and needs no backward. Where no layout
-lines up strictly, the relaxed test (``keeps_order``) is tried only on layouts whose prefix
-count agrees with the one the model declares and whose grid one stride explains.
+Where the autograd graph shows which input position every cell holds
+(``probe.positions``: convolutions, per-position MLPs between permutes, patch merging,
+residual streams around attention), a layout that reads the cells at those positions lines
+up by construction and needs no backward. Otherwise the locality test decides; where no
+layout lines up strictly, the relaxed test (``keeps_order``, HD307) is tried only on
+layouts whose prefix count agrees with the one the model declares and whose grid one stride
+explains.
 """
 
 from __future__ import annotations
@@ -30,16 +33,17 @@ from hookdoctor.geometry.layout import Layout, aligned_grid
 from hookdoctor.geometry.locality import (
     cell_energies,
     contiguous_gradients,
+    follows_coordinates,
     gradcam_map,
     is_working_map,
     keeps_order,
     peaks_as_laid_out,
 )
+from hookdoctor.probe.positions import coordinates, tracked_positions
 
 # The locality test runs on at most this many layouts per layer (most likely first), so a
 # layer costs at most 2 * _MAX_LAYOUTS backward passes, however many readings its shape allows.
 _MAX_LAYOUTS = 3
-_CHANNELS_FIRST = ("NCHW", "NCTHW", "NCL")
 CELLS_MISALIGNED = "cells do not line up"
 
 
@@ -121,12 +125,9 @@ class Confirmer:
             why = "map empty: only negative evidence for the class" if negative else "map empty or constant"
             return Confirmation(None, failure=why, negative_evidence=negative)
         working = working[:_MAX_LAYOUTS]
-        image = self.probe.input_image
-        if not self.context.grad_graph.may_move_positions(call.grad_fn, image):
-            # Reached only through position-keeping operations: a channels-first grid lines up by construction.
-            kept = next((lay for lay in working if lay.kind in _CHANNELS_FIRST and not lay.transposed), None)
-            if kept is not None:
-                return Confirmation(kept)
+        by_construction = self._laid_out_by_the_graph(call.output_tensor, working)
+        if by_construction is not None:
+            return Confirmation(by_construction)
         for layout in working:
             found = self._cell_energies(call.output_tensor, layout)
             if found is not None and peaks_as_laid_out(found, layout):
@@ -142,6 +143,17 @@ class Confirmer:
             if found is not None and keeps_order(found, layout):
                 return Confirmation(layout, coarse=True)
         return Confirmation(None, failure=CELLS_MISALIGNED)
+
+    def _laid_out_by_the_graph(self, tensor: torch.Tensor, layouts: list[Layout]) -> Layout | None:
+        """The first of ``layouts`` under which the graph shows every cell at its own input position."""
+        image = self.probe.input_image
+        labels = tracked_positions(
+            tensor, image, self.context.grad_graph.computed_from(image), channel_axis=self.probe.channel_axis
+        )
+        found = coordinates(labels, len(self.probe.image_hw)) if labels is not None else None
+        if found is None:
+            return None
+        return next((layout for layout in layouts if follows_coordinates(found, layout)), None)
 
     def _cell_energies(self, tensor: torch.Tensor, layout: Layout) -> list[torch.Tensor] | None:
         key = (id(tensor), layout)

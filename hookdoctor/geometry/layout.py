@@ -162,8 +162,8 @@ def axis_aligned_grid(h: int, w: int, image_hw: tuple[int, int]) -> bool:
 
     Adaptive pooling to a fixed size (5x7 -> 6x6) keeps every cell over its own part of
     the image although no one stride gives both sides. Only a 4-D map that no single
-    stride explains is read this way; the locality probe (or a path of position-keeping
-    operations) confirms it.
+    stride explains is read this way; the locality probe (or the positions the autograd graph
+    shows, probe.positions) confirms it.
     """
     big_h, big_w = image_hw
     return _aligned_axis(h, big_h) and _aligned_axis(w, big_w)

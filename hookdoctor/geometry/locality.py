@@ -174,6 +174,30 @@ def _centre_of_mass(energy: torch.Tensor) -> tuple[float, float]:
     return float(rows), float(cols)
 
 
+def follows_coordinates(coordinates: list[torch.Tensor], layout: Layout) -> bool:
+    """True when ``layout`` reads cell (i, j) of the tensor where the input's position (i, j) is.
+
+    ``coordinates`` holds, per input axis, that axis's index at every cell of the tensor (NaN
+    on prefix cells): what ``probe.positions`` read from the graph. Read through the layout,
+    each must be the grid's own index along its axis, the same in every channel.
+    """
+    transform = layout.transform()
+    grid = tuple(layout.grid)
+    if len(coordinates) != len(grid):
+        return False
+    for axis, coordinate in enumerate(coordinates):
+        try:
+            laid_out = transform(coordinate) if transform is not None and layout.kind != "NCL" else coordinate
+        except RuntimeError:  # the layout's reshape does not fit the tensor
+            return False
+        if tuple(laid_out.shape[2:]) != grid:
+            return False
+        index = torch.arange(grid[axis], dtype=laid_out.dtype).view([-1 if a == axis else 1 for a in range(len(grid))])
+        if not torch.equal(laid_out[0], index.expand(laid_out.shape[1:])):
+            return False
+    return True
+
+
 def gradcam_map(activation: torch.Tensor, weights: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, *grid]``, from the activation and channel weights ``[B, C]``."""
     transform = layout.transform()

@@ -193,7 +193,9 @@ def _storage_key(tensor: torch.Tensor) -> int | None:
 # Tensor methods whose name ends in "_" but that write no values.
 _NOT_WRITES = frozenset({"requires_grad_", "rename_", "_fix_weakref"})
 # Operations that update tensors they are given inside the kernel (batch norm's running statistics):
-# their argument at index 5 (or the keyword) says whether they do.
+# the flag named here says whether they do, passed by keyword or at _UPDATE_FLAG_POSITION (every
+# one of them takes the input, two statistics and two affine tensors first, in some order).
+_UPDATE_FLAG_POSITION = 5
 _UPDATES_ARGUMENTS = {
     "batch_norm": "training", "native_batch_norm": "training", "_native_batch_norm_legit": "training",
     "_batch_norm_with_update": None, "cudnn_batch_norm": "training", "miopen_batch_norm": "training",
@@ -264,7 +266,8 @@ def _writes(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     flag, default = kind
     if flag == "inplace":
         return bool(kwargs.get("inplace", args[default] if len(args) > default else False))
-    return bool(kwargs.get(flag, args[5] if len(args) > 5 else default))
+    positional = args[_UPDATE_FLAG_POSITION] if len(args) > _UPDATE_FLAG_POSITION else default
+    return bool(kwargs.get(flag, positional))
 
 
 def _hashable(func: Any) -> bool:

@@ -20,22 +20,6 @@ _PICKS = ("SelectBackward", "SliceBackward", "IndexBackward", "UnbindBackward", 
 # Operations that pick elements by an index tensor: a gather by indices drawn at random
 # reorders tokens (ViTMAE's random masking).
 _GATHERS = ("GatherBackward", "IndexBackward", "IndexSelectBackward", "TakeAlongDimBackward")
-# Operations that keep every value at its spatial position (convolutions, per-position or
-# per-channel arithmetic, normalisation, local pooling, resampling, global context that is
-# broadcast back): a map made only of these lines up with the input by construction.
-# Anything else (reshapes, permutes, token mixing, flips, concatenation, indexing) may
-# move positions, and the locality test decides.
-_KEEP_POSITIONS = (
-    "ConvolutionBackward", "CudnnConvolutionBackward", "MkldnnConvolutionBackward", "SlowConv2DBackward",
-    "NativeBatchNormBackward", "CudnnBatchNormBackward", "NativeGroupNormBackward",
-    "ReluBackward", "ThresholdBackward", "HardtanhBackward", "LeakyReluBackward", "GeluBackward", "SiluBackward",
-    "HardswishBackward", "HardsigmoidBackward", "SigmoidBackward", "TanhBackward", "EluBackward", "MishBackward",
-    "AddBackward", "SubBackward", "MulBackward", "DivBackward", "CloneBackward", "ToCopyBackward",
-    "MaxPool2DWithIndicesBackward", "AvgPool2DBackward", "AdaptiveAvgPool2DBackward", "MeanBackward",
-    "ExpandBackward", "UpsampleNearest2DBackward", "UpsampleBilinear2DBackward", "AccumulateGrad",
-)
-
-
 class GradGraph:
     def __init__(self, score: torch.Tensor, parameters: list[torch.nn.Parameter]) -> None:
         self.graph = nx.DiGraph()
@@ -167,14 +151,6 @@ class GradGraph:
         between = (nx.descendants(self.graph, id(grad_fn)) | {id(grad_fn)}) & above
         return any(self.graph.nodes[n]["op"].startswith(_GATHERS) for n in between)
 
-    def may_move_positions(self, grad_fn: Any, image: torch.Tensor) -> bool:
-        """False when every operation between ``image`` and ``grad_fn`` keeps positions.
-
-        Only the operations on the paths from ``grad_fn`` down to the image count:
-        parameter branches (a weight's transpose) do not move the image's positions.
-        """
-        above_image = self._ancestors_of_leaf(image)
-        if above_image is None or not self.reaches(grad_fn):
-            return True
-        between = (nx.descendants(self.graph, id(grad_fn)) | {id(grad_fn)}) & above_image
-        return not all(self.graph.nodes[n]["op"].startswith(_KEEP_POSITIONS) for n in between)
+    def computed_from(self, leaf: torch.Tensor) -> set[int]:
+        """The ids of the autograd functions whose output is computed from ``leaf`` (empty when none is)."""
+        return self._ancestors_of_leaf(leaf) or set()
