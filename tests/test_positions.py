@@ -78,6 +78,9 @@ class Tokens(nn.Module):
             tokens = tokens.flip(1)
         if self.prefix is not None:
             tokens = torch.cat([self.prefix.expand(tokens.shape[0], -1, -1), tokens], 1)
+        if self.order == "split_and_joined":  # the prefix split off, the CLS token added to every patch
+            prefix, patches = tokens.split([self.prefix.shape[1], 16], dim=1)
+            tokens = torch.cat([prefix, patches + tokens[:, 0].unsqueeze(1)], 1)
         for attention, norm in zip(self.blocks, self.norms, strict=True):
             y = norm(tokens)
             tokens = tokens + attention(y, y, y, need_weights=False)[0]
@@ -124,6 +127,7 @@ def test_a_residual_stream_keeps_positions_through_attention_and_a_prefix():
     assert _proven(Tokens(prefix=1), x, Layout("tokens", (4, 4), 8, 1)) is True
     assert _proven(Tokens(prefix=0), x, Layout("tokens", (4, 4), 8, 0)) is True
     assert _proven(Tokens(prefix=2), x, Layout("tokens", (4, 4), 8, 2)) is True
+    assert _proven(Tokens(prefix=1, order="split_and_joined"), x, Layout("tokens", (4, 4), 8, 1)) is True
     # a wrong prefix count, or the grid read the other way round, is ruled out
     assert _proven(Tokens(prefix=1), x, Layout("tokens", (4, 4), 8, 1, transposed=True)) is False
 

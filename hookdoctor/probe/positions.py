@@ -230,17 +230,23 @@ class _Walk:
         if op == "Select":
             source = _only(found)
             dim = int(fn._saved_dim) % len(source)
-            if source[dim].atoms and any(k is not None for k, _ in source[dim].atoms):
+            if source[dim].positional and int(fn._saved_index) % source[dim].size >= source[dim].prefix:
                 raise _Unknown("a pick along a position axis")
-            return source[:dim] + source[dim + 1 :]
-        if op in ("Split", "SplitWithSizes", "Unbind"):
+            return source[:dim] + source[dim + 1 :]  # a channel, or a prefix token (the CLS pick)
+        if op == "Unbind":
             source = _only(found)
             dim = int(fn._saved_dim) % len(source)
             if source[dim].positional:
-                raise _Unknown("a split along a position axis")
-            if op == "Unbind":
-                return source[:dim] + source[dim + 1 :]
-            return source[:dim] + (plain_axis(out_shape[dim]),) + source[dim + 1 :]
+                raise _Unknown("an unbind along a position axis")
+            return source[:dim] + source[dim + 1 :]
+        if op in ("Split", "SplitWithSizes"):
+            # Output nr is a slice of the split axis: a chunk of channels, or the prefix tokens
+            # and the patches of a sequence split apart.
+            source = _only(found)
+            dim = int(fn._saved_dim) % len(source)
+            sizes = [int(n) for n in fn._saved_split_sizes] if op == "SplitWithSizes" else None
+            start = sum(sizes[:nr]) if sizes is not None else nr * int(fn._saved_split_size)
+            return _sliced_along(source, dim, start, start + out_shape[dim], 1, out_shape[dim])
         if op == "ConstantPadNd":
             return _padded(fn, _only(found), out_shape)
         raise _Unknown(op)
@@ -464,22 +470,27 @@ def _concatenated(fn: Any, found: list[_Input], out: tuple[int, ...]) -> Labels:
 
 def _sliced(fn: Any, source: Labels, out: tuple[int, ...]) -> Labels:
     dim = int(fn._saved_dim) % len(source)
-    axis = source[dim]
-    step = int(fn._saved_step)
+    size = source[dim].size
     start = int(fn._saved_start) if fn._saved_start is not None else 0
-    start = start + axis.size if start < 0 else start
-    end = int(fn._saved_end) if fn._saved_end is not None else axis.size
-    end = min(end + axis.size if end < 0 else end, axis.size)
+    end = int(fn._saved_end) if fn._saved_end is not None else size
+    start = start + size if start < 0 else start
+    end = min(end + size if end < 0 else end, size)
+    return _sliced_along(source, dim, start, end, int(fn._saved_step), out[dim])
+
+
+def _sliced_along(source: Labels, dim: int, start: int, end: int, step: int, size: int) -> Labels:
+    """``source[..., start:end:step, ...]`` along ``dim``, of ``size`` cells."""
+    axis = source[dim]
     if not axis.positional:
-        along = plain_axis(out[dim])
+        along = plain_axis(size)
     elif step == 1 and start == 0 and end >= axis.size:
         along = axis
     elif axis.prefix and step == 1 and start == axis.prefix and end >= axis.size:
-        along = Axis(0, axis.atoms)
-    elif axis.prefix and step == 1 and start == 0 and end <= axis.prefix:
-        along = plain_axis(out[dim])
+        along = Axis(0, axis.atoms)  # the prefix tokens dropped
+    elif axis.prefix and step == 1 and end <= axis.prefix:
+        along = plain_axis(size)  # prefix tokens only
     elif not axis.prefix and len(axis.atoms) == 1 and start < step and end >= axis.size:
-        along = _resized(axis, out[dim])  # every step-th cell, from an offset inside the first step
+        along = _resized(axis, size)  # every step-th cell, from an offset inside the first step
     else:
         raise _Unknown("a crop of a position axis")
     return (*source[:dim], along, *source[dim + 1 :])
