@@ -31,7 +31,7 @@ from hookdoctor.model.environment import environment
 from hookdoctor.model.fits import guard_pass
 from hookdoctor.model.guard import preserved, refuse_lazy_modules
 from hookdoctor.model.inputs import ExampleImage, ModelInput, resolve_input
-from hookdoctor.model.memory import release_freed_memory
+from hookdoctor.model.memory import releasing_freed_memory
 from hookdoctor.model.meta import is_meta, meta_copy, meta_input
 from hookdoctor.model.tasks import TaskRefusal
 from hookdoctor.model.tree import build_tree
@@ -46,6 +46,7 @@ from hookdoctor.specs.gradcam import GradCAMSpec
 NO_TOKEN_ATTENTION = ("HD506", "HD507", "HD508")
 
 
+@releasing_freed_memory  # the pass's activations are gone once it returns: their pages go back too
 def inspect(
     model: nn.Module,
     example_input: Any = None,
@@ -168,7 +169,6 @@ def inspect(
             layers = [all_verdicts[name] for name in module_names]
             call_counts = judgements.call_counts
         aliases = _aliases(build_tree(runner, prefix), all_verdicts)
-    release_freed_memory()  # the pass's activations are gone: their pages go back too
 
     def judged(name: str) -> LayerVerdict:
         if name in all_verdicts:
