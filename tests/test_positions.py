@@ -20,7 +20,7 @@ import hookdoctor
 from hookdoctor.geometry.layout import Layout
 from hookdoctor.geometry.locality import follows_coordinates, lines_up
 from hookdoctor.probe.gradpath import GradGraph
-from hookdoctor.probe.positions import coordinates, tracked_positions
+from hookdoctor.probe.positions import PositionReader, coordinates
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # any pytest import mode
 from helpers import marked_by_library  # noqa: E402
@@ -33,7 +33,7 @@ def _proven(module: nn.Module, x: torch.Tensor, layout: Layout, *, channel_axis:
     x = x.clone().requires_grad_(True)
     out = module(x)
     graph = GradGraph(out.sum(), list(module.parameters()))
-    labels = tracked_positions(out, x, graph.computed_from(x), channel_axis=channel_axis)
+    labels = PositionReader(x, graph.computed_from(x), channel_axis=channel_axis).labels(out)
     if labels is None:
         return None
     found = coordinates(labels, x.dim() - (1 if channel_axis is None else 2))
@@ -237,8 +237,38 @@ def test_the_graph_proves_the_recommended_layout_and_the_gradients_agree(name):
     finally:
         handle.remove()
     graph = GradGraph(out.sum(), list(model.parameters()))
-    labels = tracked_positions(captured[-1], image, graph.computed_from(image), channel_axis=1)
+    labels = PositionReader(image, graph.computed_from(image), channel_axis=1).labels(captured[-1])
     assert labels is not None, f"{name}: the graph should show where {spec.layer_name}'s cells are"
     found = coordinates(labels, 2)
     assert found is not None and follows_coordinates(found, spec.layout)
     assert lines_up(captured[-1], image, spec.layout, strict=False)
+
+
+def _layouts_tested(monkeypatch, model: nn.Module, x: torch.Tensor) -> tuple[list[Layout], object]:
+    """The layouts inspect ran the locality test's backward passes on, and its report."""
+    from hookdoctor.checks import confirm
+
+    tested: list[Layout] = []
+    real = confirm.cell_energies
+
+    def counted(output, image, layout, **kwargs):
+        tested.append(layout)
+        return real(output, image, layout, **kwargs)
+
+    monkeypatch.setattr(confirm, "cell_energies", counted)
+    return tested, hookdoctor.inspect(model, x, methods=("gradcam",))
+
+
+def test_inspect_runs_no_locality_backward_where_the_graph_shows_the_positions(monkeypatch):
+    torch.manual_seed(0)
+    model = _timm("vit_tiny_patch16_224", depth=2, img_size=64)()
+    tested, report = _layouts_tested(monkeypatch, model, torch.randn(1, 3, 64, 64))
+    assert report.gradcam is not None and report.check_layer(report.gradcam.layer_name).cells_confirmed is True
+    assert tested == []
+
+
+def test_inspect_runs_the_locality_test_where_the_graph_does_not_say(monkeypatch):
+    from fixtures import truthful as fx
+
+    tested, report = _layouts_tested(monkeypatch, fx.coarse_mix_vit(), fx.example_input("coarse_mix_vit"))
+    assert report.gradcam is not None and tested

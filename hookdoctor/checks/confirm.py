@@ -39,7 +39,7 @@ from hookdoctor.geometry.locality import (
     keeps_order,
     peaks_as_laid_out,
 )
-from hookdoctor.probe.positions import coordinates, tracked_positions
+from hookdoctor.probe.positions import PositionReader, coordinates
 
 # The locality test runs on at most this many layouts per layer (most likely first), so a
 # layer costs at most 2 * _MAX_LAYOUTS backward passes, however many readings its shape allows.
@@ -84,6 +84,7 @@ class Confirmer:
         self.context = context
         self.probe = context.probe
         self._energies: dict[tuple[int, Layout], list[torch.Tensor] | None] = {}
+        self._positions: PositionReader | None = None  # made on first use: the graph is read once
         # PyTorch 2.14 CPU: eval BatchNorm with batch 1 gets wrong input gradients from a
         # non-contiguous incoming gradient; the probe's locality backwards get contiguous ones.
         self._batchnorm_outputs = [
@@ -146,10 +147,12 @@ class Confirmer:
 
     def _laid_out_by_the_graph(self, tensor: torch.Tensor, layouts: list[Layout]) -> Layout | None:
         """The first of ``layouts`` under which the graph shows every cell at its own input position."""
-        image = self.probe.input_image
-        labels = tracked_positions(
-            tensor, image, self.context.grad_graph.computed_from(image), channel_axis=self.probe.channel_axis
-        )
+        if self._positions is None:
+            image = self.probe.input_image
+            self._positions = PositionReader(
+                image, self.context.grad_graph.computed_from(image), channel_axis=self.probe.channel_axis
+            )
+        labels = self._positions.labels(tensor)
         found = coordinates(labels, len(self.probe.image_hw)) if labels is not None else None
         if found is None:
             return None

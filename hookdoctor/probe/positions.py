@@ -99,41 +99,34 @@ def image_labels(shape: Sequence[int], channel_axis: int | None) -> Labels:
     return tuple(labels)
 
 
-def tracked_positions(
-    tensor: torch.Tensor, image: torch.Tensor, above_image: set[int], *, channel_axis: int | None
-) -> Labels | None:
-    """The labels of ``tensor``'s axes, followed from ``image`` through its autograd graph, or None.
+class PositionReader:
+    """Reads the labels of tensors computed from ``image``, sharing what it has read between them.
 
     ``above_image`` holds the ids of the autograd functions computed from ``image`` (the
-    probe's ``GradGraph``); the others are constants here. None when an operation on the
-    way is not understood (see the module doc) or the graph does not say.
+    probe's ``GradGraph``); the others are constants here. One reader serves every
+    candidate layer of a pass: each function of the graph is read once.
     """
-    root = tensor.grad_fn
-    if root is None or id(root) not in above_image:
-        return None
-    start = _image_node(image, above_image, root)
-    if start is None:
-        return None
-    try:
-        return _Walk(start, image_labels(image.shape, channel_axis), above_image).labels(root, tensor.output_nr)
-    except (_Unknown, AttributeError, IndexError, TypeError, ValueError):
-        # AttributeError: a PyTorch without the saved fields read here; the others: shapes
-        # this reading cannot follow. Either way the locality test decides.
-        return None
 
+    def __init__(self, image: torch.Tensor, above_image: set[int], *, channel_axis: int | None) -> None:
+        self.above_image = above_image
+        # The image's AccumulateGrad, where every path from it starts (a leaf keeps one while it is used).
+        with torch.enable_grad():
+            alias = image.view_as(image).grad_fn if image.requires_grad else None
+        accumulate = alias.next_functions[0][0] if alias is not None else None
+        self._walk = _Walk(accumulate, image_labels(image.shape, channel_axis), above_image)
 
-def _image_node(image: torch.Tensor, above_image: set[int], root: Any) -> Any:
-    """The ``AccumulateGrad`` of ``image``, found below ``root`` among the functions computed from it."""
-    stack, seen = [root], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or id(fn) in seen or id(fn) not in above_image:
-            continue
-        seen.add(id(fn))
-        if getattr(fn, "variable", None) is image:
-            return fn
-        stack.extend(next_fn for next_fn, _ in fn.next_functions)
-    return None
+    def labels(self, tensor: torch.Tensor) -> Labels | None:
+        """The labels of ``tensor``'s axes, or None when an operation on the way is not understood
+        (see the module doc) or the graph does not say."""
+        root = tensor.grad_fn
+        if root is None or id(root) not in self.above_image:
+            return None
+        try:
+            return self._walk.labels(root, tensor.output_nr)
+        except (_Unknown, AttributeError, IndexError, TypeError, ValueError):
+            # AttributeError: a PyTorch without the saved fields read here; the others: shapes
+            # this reading cannot follow. Either way the locality test decides.
+            return None
 
 
 def _op(fn: Any) -> str:
