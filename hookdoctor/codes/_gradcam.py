@@ -805,12 +805,13 @@ image.""",
     Code(
         "HD307", "coarse-alignment", _LAYOUT, "warning",
         "The layer's cells keep the image's order, but each one looks at much of the image.",
-        """hookdoctor checks that the input gradient of a corner cell peaks at that cell. In some
-models it does not: the receptive fields of the last layers cover most of the image and
-pull every peak towards the centre (Inception's last blocks), or batch norm after
-flattened tokens blurs the input gradients of a batch-1 input on CPU (XCiT, LeViT: a
-PyTorch 2.14 issue). The cells still keep the image's order - no mirror, no transposed
-grid - so the spec is handed out, but its map is coarser than the grid suggests.
+        """hookdoctor confirms that a layer's cells line up with the input. Where the autograd graph
+shows which input position each cell holds, that settles it. Elsewhere it checks that the
+input gradient of a corner cell peaks at that cell, and in some models it does not: a
+layer that mixes tokens over a wide neighbourhood, in a way the graph cannot follow,
+pulls every peak towards the centre. The cells still keep the image's order - no mirror,
+no transposed grid - so the spec is handed out, but its map is coarser than the grid
+suggests.
 
 Prefer an earlier layer if you need sharp maps (`--layer`), or check the map on a batch
 of two inputs.""",
