@@ -6,6 +6,8 @@ is deliberately simple: the weights (when they are still to be built), plus ever
 module's output kept for the backward, plus a gradient of the same size flowing back.
 The activations are measured on the meta device, which costs no memory: the same forward
 with shapes and no values.
+
+After a pass, ``releasing_freed_memory`` hands the heap pages it freed back to the system.
 """
 
 from __future__ import annotations

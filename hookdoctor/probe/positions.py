@@ -12,8 +12,10 @@ Understood operations:
   position embedding, a gate computed from a global average: nothing that varies along a
   position axis moves it);
 - reductions, which drop the reduced axes (global context that is broadcast back);
-- axis moves: permute, transpose, view and reshape (axes merged in order, and split back
-  exactly where they were merged), squeeze, unsqueeze, expand;
+- axis moves: permute, transpose, view and reshape (axes merged in order; a position
+  axis split keeps its position in the major part, and the minor part, a position inside
+  a cell, counts as a channel: Swin's windows and 2x2 patch merging), squeeze, unsqueeze,
+  expand;
 - channel mixing: a matrix product whose summed axis holds no position (a Linear layer,
   ConvNeXt's per-position MLP on a channels-last tensor), convolution, pooling and
   resampling along position axes (the size changes, the order stays);
@@ -22,11 +24,12 @@ Understood operations:
 - slicing: stepped slices of a position axis (Swin's 2x2 patch merging), dropping a
   prefix, picks along other axes; zero padding.
 
-A sum whose other terms mix positions (a residual block: ``x + attention(x)``) keeps the
-positions of its skip path: each cell still carries its own position's stream, the branch
-adds what it gathers from elsewhere. Anything else (an attention product summed over
-tokens, a roll, a flip, a gather by index, a window partition) makes the positions
-unknown, and the locality test runs.
+A sum whose other terms mix positions (a residual block: ``x + attention(x)``) or hold
+them only to the window (Swin's window attention) keeps the positions of its skip path:
+each cell still carries its own position's stream, the branch adds what it gathers from
+elsewhere. Anything else (an attention product summed over tokens, a roll, a flip, a
+gather by index, a product of two terms) makes the positions unknown, and the locality
+test runs.
 
 A tensor's labels: one ``Axis`` per dimension, each a prefix count (cells that hold no
 position: the CLS token) and the factors of the rest, major first, each the input axis it
@@ -498,9 +501,13 @@ def _padded(fn: Any, source: Labels, out: tuple[int, ...]) -> Labels:
 
 
 def coordinates(labels: Labels, positional_axes: int) -> list[torch.Tensor] | None:
-    """For each input axis, a tensor of the labelled tensor's shape holding that axis's index at every
-    cell (NaN on prefix cells); None when an input axis is missing or spread over several factors."""
-    shape = tuple(axis.size for axis in labels)
+    """For each input axis, a tensor holding that axis's index at every cell (NaN on prefix cells);
+    None when an input axis is missing or spread over several factors.
+
+    Its shape is the labelled tensor's with every axis that holds no position (channels,
+    batch) reduced to 1: the values do not vary along those, and a layout reads them alike.
+    """
+    shape = tuple(axis.size if axis.positional else 1 for axis in labels)
     invalid = torch.zeros(shape, dtype=torch.bool)
     found: dict[int, torch.Tensor] = {}
     for dim, axis in enumerate(labels):
