@@ -167,7 +167,6 @@ def test_a_common_mode_gradient_does_not_hide_a_layer_that_lines_up():
     assert_aligned(spec, x)
 
 
-
 def test_the_strict_locality_test_removes_the_common_part():
     # inspect proves this layer's layout from the graph (a residual sum with global context);
     # the gradient test it would otherwise run must pass too, through the common-mode removal.
