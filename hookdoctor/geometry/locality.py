@@ -35,6 +35,13 @@ import torch.nn.functional as F
 from hookdoctor.geometry.layout import Layout
 
 
+def _on_grid(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """``tensor`` as ``[B, C, *grid]`` under ``layout`` (a signal's ``[B, C, L]`` as it is, not as
+    the one-row image ``layout.transform()`` makes of it for pytorch-grad-cam)."""
+    transform = layout.transform()
+    return transform(tensor) if transform is not None and layout.kind != "NCL" else tensor
+
+
 def probe_cells(grid: tuple[int, ...], inset: bool = True) -> list[tuple[int, ...]]:
     """The top-right and bottom-left cells; with ``inset``, one cell in where the grid allows.
 
@@ -75,8 +82,7 @@ def cell_energies(
     the input's channel axis, None for a spectrogram ``[B, T, F]``, whose every axis but the
     batch is positional.
     """
-    transform = layout.transform()
-    fmap = transform(output) if transform is not None and layout.kind != "NCL" else output
+    fmap = _on_grid(output, layout)
     grid = tuple(layout.grid)
     if tuple(fmap.shape[2:]) != grid:
         return None
@@ -181,13 +187,12 @@ def follows_coordinates(coordinates: list[torch.Tensor], layout: Layout) -> bool
     on prefix cells): what ``probe.positions`` read from the graph. Read through the layout,
     each must be the grid's own index along its axis, the same in every channel.
     """
-    transform = layout.transform()
     grid = tuple(layout.grid)
     if len(coordinates) != len(grid):
         return False
     for axis, coordinate in enumerate(coordinates):
         try:
-            laid_out = transform(coordinate) if transform is not None and layout.kind != "NCL" else coordinate
+            laid_out = _on_grid(coordinate, layout)
         except RuntimeError:  # the layout's reshape does not fit the tensor
             return False
         if tuple(laid_out.shape[2:]) != grid:
@@ -200,8 +205,7 @@ def follows_coordinates(coordinates: list[torch.Tensor], layout: Layout) -> bool
 
 def gradcam_map(activation: torch.Tensor, weights: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Grad-CAM ``relu(sum_c w_c * A_c)`` as ``[B, *grid]``, from the activation and channel weights ``[B, C]``."""
-    transform = layout.transform()
-    acts = transform(activation) if transform is not None and layout.kind != "NCL" else activation
+    acts = _on_grid(activation, layout)
     weights = weights.reshape(*weights.shape, *([1] * (acts.dim() - 2)))
     return torch.relu((weights * acts.detach()).sum(dim=1))
 

@@ -124,12 +124,7 @@ class PositionReader:
         root = tensor.grad_fn
         if root is None or id(root) not in self.above_image:
             return None
-        try:
-            return self._walk.labels(root, tensor.output_nr)
-        except (_Unknown, AttributeError, IndexError, TypeError, ValueError):
-            # AttributeError: a PyTorch without the saved fields read here; the others: shapes
-            # this reading cannot follow. Either way the locality test decides.
-            return None
+        return self._walk.labels(root, tensor.output_nr)
 
 
 def _op(fn: Any) -> str:
@@ -180,6 +175,8 @@ class _Walk:
             try:
                 self.known[key] = self._apply(fn, nr, inputs)
             except (_Unknown, AttributeError, IndexError, TypeError, ValueError):
+                # AttributeError: a PyTorch without the saved fields read here; the others:
+                # shapes this reading cannot follow. Either way the locality test decides.
                 self.known[key] = None
         return self.known[(id(root), output_nr)]
 
