@@ -172,6 +172,28 @@ def corr(a: Any, b: Any) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def timm_builder(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    """A factory for timm's ``name`` with no weights, in eval mode; timm is imported when it runs."""
+
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+    return build
+
+
+def torchvision_builder(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    """A factory for ``torchvision.models.<name>`` with no weights, in eval mode."""
+
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+
+    return build
+
+
 _LIBRARY_MARKS = {"timm": pytest.mark.timm, "hf": pytest.mark.transformers}
 
 

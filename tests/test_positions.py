@@ -23,7 +23,7 @@ from hookdoctor.probe.gradpath import GradGraph
 from hookdoctor.probe.positions import PositionReader, coordinates
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # any pytest import mode
-from helpers import marked_by_library  # noqa: E402
+from helpers import marked_by_library, timm_builder, torchvision_builder  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -187,35 +187,17 @@ def test_a_spectrogram_has_two_positional_axes_and_may_be_swapped():
 
 
 # -- real models: what the graph proves, the gradients confirm ---------------------------------------
-def _timm(name: str, **kwargs):
-    def build() -> nn.Module:
-        import timm
-
-        return timm.create_model(name, pretrained=False, **kwargs).eval()
-
-    return build
-
-
-def _torchvision(name: str):
-    def build() -> nn.Module:
-        import torchvision
-
-        return getattr(torchvision.models, name)(weights=None).eval()
-
-    return build
-
-
 REAL = {
-    "torchvision-swin_t": (_torchvision("swin_t"), (1, 3, 224, 224)),
-    "torchvision-convnext_tiny": (_torchvision("convnext_tiny"), (1, 3, 64, 64)),
-    "timm-swin": (_timm("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1)), (1, 3, 224, 224)),
-    "timm-vit": (_timm("vit_tiny_patch16_224", depth=2, img_size=64), (1, 3, 64, 64)),
-    "timm-deit-distilled": (_timm("deit_tiny_distilled_patch16_224", depth=2, img_size=64), (1, 3, 64, 64)),
-    "timm-cait": (_timm("cait_xxs24_224", depth=1, img_size=64), (1, 3, 64, 64)),
-    "timm-pvt": (_timm("pvt_v2_b0"), (1, 3, 64, 64)),
+    "torchvision-swin_t": (torchvision_builder("swin_t"), (1, 3, 224, 224)),
+    "torchvision-convnext_tiny": (torchvision_builder("convnext_tiny"), (1, 3, 64, 64)),
+    "timm-swin": (timm_builder("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1)), (1, 3, 224, 224)),
+    "timm-vit": (timm_builder("vit_tiny_patch16_224", depth=2, img_size=64), (1, 3, 64, 64)),
+    "timm-deit-distilled": (timm_builder("deit_tiny_distilled_patch16_224", depth=2, img_size=64), (1, 3, 64, 64)),
+    "timm-cait": (timm_builder("cait_xxs24_224", depth=1, img_size=64), (1, 3, 64, 64)),
+    "timm-pvt": (timm_builder("pvt_v2_b0"), (1, 3, 64, 64)),
     # Cross-covariance attention and local patch interaction in branches: proven by the graph,
     # though with random weights only the relaxed order test passes on its gradients.
-    "timm-xcit": (_timm("xcit_nano_12_p16_224", depth=2), (1, 3, 224, 224)),
+    "timm-xcit": (timm_builder("xcit_nano_12_p16_224", depth=2), (1, 3, 224, 224)),
 }
 
 
@@ -261,7 +243,7 @@ def _layouts_tested(monkeypatch, model: nn.Module, x: torch.Tensor) -> tuple[lis
 
 def test_inspect_runs_no_locality_backward_where_the_graph_shows_the_positions(monkeypatch):
     torch.manual_seed(0)
-    model = _timm("vit_tiny_patch16_224", depth=2, img_size=64)()
+    model = timm_builder("vit_tiny_patch16_224", depth=2, img_size=64)()
     tested, report = _layouts_tested(monkeypatch, model, torch.randn(1, 3, 64, 64))
     assert report.gradcam is not None and report.check_layer(report.gradcam.layer_name).cells_confirmed is True
     assert tested == []

@@ -12,7 +12,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import assert_aligned, assert_working_map, marked_by_library, spec_captum, spec_gradcam
+from helpers import (
+    assert_aligned,
+    assert_working_map,
+    marked_by_library,
+    spec_captum,
+    spec_gradcam,
+    timm_builder,
+    torchvision_builder,
+)
 from torch import nn
 from versions import has_transformers_class, vit_block
 
@@ -37,17 +45,13 @@ TINY_VIT = dict(
 
 def _torchvision(name: str, **kwargs) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+        model = torchvision_builder(name, **kwargs)()
         if name.startswith("vit"):
             # weights=None zero-initialises the head; a trained model's head is not zero.
             nn.init.normal_(model.heads.head.weight, std=0.02)
         return model
 
     return build
-
-
-def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
-    return lambda: timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
 def _hf(model_class: str, config_class: str, **config) -> Callable[[], nn.Module]:
@@ -69,17 +73,17 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
     "torchvision-convnext_tiny": (_torchvision("convnext_tiny"), CNN_INPUT, 1),
     "torchvision-vit_b_16": (_torchvision("vit_b_16", image_size=64), (1, 3, 64, 64), 0),
     "torchvision-swin_t": (_torchvision("swin_t"), CNN_INPUT, 1),
-    "timm-resnet18": (_timm("resnet18"), CNN_INPUT, 1),
-    "timm-vit_tiny": (_timm("vit_tiny_patch16_224", depth=2, img_size=(64, 96)), (1, 3, 64, 96), 0),
-    "timm-deit_distilled": (_timm("deit_tiny_distilled_patch16_224", depth=2), (1, 3, 224, 224), 0),
-    "timm-dinov2_registers": (_timm("vit_small_patch14_reg4_dinov2", depth=2, img_size=56), (1, 3, 56, 56), 0),
+    "timm-resnet18": (timm_builder("resnet18"), CNN_INPUT, 1),
+    "timm-vit_tiny": (timm_builder("vit_tiny_patch16_224", depth=2, img_size=(64, 96)), (1, 3, 64, 96), 0),
+    "timm-deit_distilled": (timm_builder("deit_tiny_distilled_patch16_224", depth=2), (1, 3, 224, 224), 0),
+    "timm-dinov2_registers": (timm_builder("vit_small_patch14_reg4_dinov2", depth=2, img_size=56), (1, 3, 56, 56), 0),
     "timm-gap_vit": (
-        _timm("vit_tiny_patch16_224", depth=2, global_pool="avg", class_token=False, img_size=64),
+        timm_builder("vit_tiny_patch16_224", depth=2, global_pool="avg", class_token=False, img_size=64),
         (1, 3, 64, 64),
         0,
     ),
-    "timm-swin": (_timm("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1)), (1, 3, 224, 224), 1),
-    "timm-convnext": (_timm("convnext_atto"), CNN_INPUT, 1),
+    "timm-swin": (timm_builder("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1)), (1, 3, 224, 224), 1),
+    "timm-convnext": (timm_builder("convnext_atto"), CNN_INPUT, 1),
     "hf-vit": (_hf("ViTForImageClassification", "ViTConfig", **TINY_VIT), (1, 3, 32, 32), 0),
     "hf-deit": (_hf("DeiTForImageClassificationWithTeacher", "DeiTConfig", **TINY_VIT), (1, 3, 32, 32), 0),
     "hf-dinov2": (_hf("Dinov2ForImageClassification", "Dinov2Config", **TINY_VIT), (1, 3, 32, 32), 0),

@@ -12,21 +12,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import assert_working_map, marked_by_library, spec_gradcam
+from helpers import assert_working_map, marked_by_library, spec_gradcam, timm_builder, torchvision_builder
 from torch import nn
 
 import hookdoctor
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
-
-
-def _tv(name: str, **kwargs) -> Callable[[], nn.Module]:
-    return lambda: getattr(torchvision.models, name)(weights=None, **kwargs).eval()
-
-
-def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
-    return lambda: timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
 def _trained_head(model: nn.Module) -> nn.Module:
@@ -37,41 +29,46 @@ def _trained_head(model: nn.Module) -> nn.Module:
 
 # name: (builder, input shape, expected gradcam layout or refusal code, expected rollout refusal or None)
 BREADTH: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str, str | None]] = {
-    "torchvision-googlenet": (_tv("googlenet", init_weights=True, aux_logits=False), (1, 3, 64, 96), "NCHW", "HD508"),
+    "torchvision-googlenet": (
+        torchvision_builder("googlenet", init_weights=True, aux_logits=False),
+        (1, 3, 64, 96),
+        "NCHW",
+        "HD508",
+    ),
     "torchvision-inception_v3": (
-        _tv("inception_v3", init_weights=True, aux_logits=False),
+        torchvision_builder("inception_v3", init_weights=True, aux_logits=False),
         (1, 3, 299, 299),
         "NCHW",
         "HD508",
     ),
-    "torchvision-squeezenet": (_tv("squeezenet1_0"), (1, 3, 64, 96), "NCHW", "HD508"),
-    "torchvision-shufflenet": (_tv("shufflenet_v2_x0_5"), (1, 3, 64, 96), "NCHW", "HD508"),
-    "torchvision-maxvit": (_tv("maxvit_t"), (1, 3, 224, 224), "NCHW", "HD506"),
+    "torchvision-squeezenet": (torchvision_builder("squeezenet1_0"), (1, 3, 64, 96), "NCHW", "HD508"),
+    "torchvision-shufflenet": (torchvision_builder("shufflenet_v2_x0_5"), (1, 3, 64, 96), "NCHW", "HD508"),
+    "torchvision-maxvit": (torchvision_builder("maxvit_t"), (1, 3, 224, 224), "NCHW", "HD506"),
     "timm-beit": (
-        _timm("beit_base_patch16_224", depth=1, embed_dim=64, num_heads=2, img_size=64),
+        timm_builder("beit_base_patch16_224", depth=1, embed_dim=64, num_heads=2, img_size=64),
         (1, 3, 64, 64),
         "tokens",
         None,
     ),
-    "timm-eva02": (_timm("eva02_tiny_patch14_224", depth=1, img_size=56), (1, 3, 56, 56), "tokens", None),
-    "timm-deit3": (_timm("deit3_small_patch16_224", depth=1, img_size=64), (1, 3, 64, 64), "tokens", None),
+    "timm-eva02": (timm_builder("eva02_tiny_patch14_224", depth=1, img_size=56), (1, 3, 56, 56), "tokens", None),
+    "timm-deit3": (timm_builder("deit3_small_patch16_224", depth=1, img_size=64), (1, 3, 64, 64), "tokens", None),
     "timm-siglip_map": (
-        _timm("vit_base_patch16_siglip_224", depth=1, embed_dim=64, num_heads=2, img_size=64),
+        timm_builder("vit_base_patch16_siglip_224", depth=1, embed_dim=64, num_heads=2, img_size=64),
         (1, 3, 64, 64),
         "tokens",
         None,
     ),
-    "timm-xcit": (_timm("xcit_nano_12_p16_224", depth=2), (1, 3, 224, 224), "tokens", "HD507"),
-    "timm-cait": (_timm("cait_xxs24_224", depth=1, img_size=64), (1, 3, 64, 64), "tokens", "HD513"),
-    "timm-mixer": (lambda: _trained_head(_timm("mixer_s16_224", img_size=64)()), (1, 3, 64, 64), "tokens", "HD508"),
-    "timm-poolformer": (_timm("poolformer_s12"), (1, 3, 64, 96), "NCHW", "HD508"),
-    "timm-mobilevit": (_timm("mobilevit_xxs"), (1, 3, 64, 96), "NCHW", "HD506"),
-    "timm-davit": (_timm("davit_tiny", depths=(1, 1, 1, 1)), (1, 3, 96, 96), "NCHW", "HD507"),
-    # Its batch-1 BatchNorm stem needs the locality probe's contiguous gradients (issue 10, item 7).
-    "timm-levit": (_timm("levit_128s"), (1, 3, 224, 224), "tokens", "HD513"),
+    "timm-xcit": (timm_builder("xcit_nano_12_p16_224", depth=2), (1, 3, 224, 224), "tokens", "HD507"),
+    "timm-cait": (timm_builder("cait_xxs24_224", depth=1, img_size=64), (1, 3, 64, 64), "tokens", "HD513"),
+    "timm-mixer": (
+        lambda: _trained_head(timm_builder("mixer_s16_224", img_size=64)()), (1, 3, 64, 64), "tokens", "HD508"
+    ),
+    "timm-poolformer": (timm_builder("poolformer_s12"), (1, 3, 64, 96), "NCHW", "HD508"),
+    "timm-mobilevit": (timm_builder("mobilevit_xxs"), (1, 3, 64, 96), "NCHW", "HD506"),
+    "timm-davit": (timm_builder("davit_tiny", depths=(1, 1, 1, 1)), (1, 3, 96, 96), "NCHW", "HD507"),
+    # Its batch-1 BatchNorm stem once hid its layout from the locality probe (issue 10, item 7).
+    "timm-levit": (timm_builder("levit_128s"), (1, 3, 224, 224), "tokens", "HD513"),
 }
-
-
 
 
 def _untouched(model: nn.Module) -> dict:
