@@ -247,6 +247,7 @@ def test_inspect_runs_no_locality_backward_where_the_graph_shows_the_positions(m
     tested, report = _layouts_tested(monkeypatch, model, torch.randn(1, 3, 64, 64))
     assert report.gradcam is not None and report.check_layer(report.gradcam.layer_name).cells_confirmed is True
     assert tested == []
+    assert any("read from the autograd graph" in reason for reason in report.gradcam.reasons)
 
 
 def test_inspect_runs_the_locality_test_where_the_graph_does_not_say(monkeypatch):
@@ -254,3 +255,4 @@ def test_inspect_runs_the_locality_test_where_the_graph_does_not_say(monkeypatch
 
     tested, report = _layouts_tested(monkeypatch, fx.coarse_mix_vit(), fx.example_input("coarse_mix_vit"))
     assert report.gradcam is not None and tested
+    assert any("confirmed by a locality probe" in reason for reason in report.gradcam.reasons)

@@ -62,6 +62,7 @@ class Confirmation:
     coarse: bool = False
     negative_evidence: bool = False
     structure_only: bool = False  # chosen from the shape alone: nothing about the cells was tested
+    by_graph: bool = False  # the autograd graph showed every cell's input position: no backward was needed
     diagnostics: tuple[Diagnostic, ...] = ()
 
     @property
@@ -128,7 +129,7 @@ class Confirmer:
         working = working[:_MAX_LAYOUTS]
         by_construction = self._laid_out_by_the_graph(call.output_tensor, working)
         if by_construction is not None:
-            return Confirmation(by_construction)
+            return Confirmation(by_construction, by_graph=True)
         for layout in working:
             found = self._cell_energies(call.output_tensor, layout)
             if found is not None and peaks_as_laid_out(found, layout):

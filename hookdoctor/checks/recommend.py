@@ -102,7 +102,7 @@ def recommend(
             why = _why_call(choice, judgements, confirmations) if choice.call_index is not None else ""
             if why:
                 first = f"{_routing(choice)}: {why}"
-            reasons = (first, *_layout_reasons(confirmation.layout, probe))
+            reasons = (first, *_layout_reasons(confirmation, probe))
             found = _negative_evidence_notes(confirmations, probe, chosen=choice.name)
             return Recommendation(choice, confirmation, reasons, why, confirmations, found)
     found = _negative_evidence_notes(confirmations, probe)
@@ -164,15 +164,21 @@ def _nothing_works(tried: list[tuple[Judgement, Confirmation]]) -> Diagnostic:
     )
 
 
-def _layout_reasons(layout: Layout, probe: Probe) -> tuple[str, ...]:
+def _layout_reasons(confirmation: Confirmation, probe: Probe) -> tuple[str, ...]:
+    layout = confirmation.layout
+    assert layout is not None  # only a confirmed layer is recommended
     if probe.structure_only:
         return (
             f"laid out as {layout.describe()} over the input, read from its shape alone",
             "the score's autograd path reaches its image cells and nothing rewrites it in place",
             STRUCTURE_ONLY_REASON,
         )
+    if confirmation.by_graph:
+        evidence = "each cell's input position read from the autograd graph"
+    else:
+        evidence = "confirmed by a locality probe"
     return (
-        f"laid out as {layout.describe()} over the input, confirmed by a locality probe",
+        f"laid out as {layout.describe()} over the input, {evidence}",
         "receives gradient from the score at every image cell and is not rewritten in place",
     )
 
