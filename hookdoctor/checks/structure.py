@@ -14,6 +14,7 @@ NOT_RUN_WITHOUT_VALUES: tuple[str, ...] = (
 )
 
 FULL_RUN_ADDS = (
-    "Inspecting without --structure-only (real weights, where the model fits) confirms the recommended layer "
-    "with a locality probe and its map, and checks saturation, zero heads, negative evidence and determinism."
+    "Inspecting without --structure-only (real weights, where the model fits) confirms the recommended layer's "
+    "map and where its cells lie (from the autograd graph or a locality probe), and checks saturation, zero "
+    "heads, negative evidence and determinism."
 )
